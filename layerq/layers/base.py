@@ -1,0 +1,166 @@
+"""The acknowledged-receive extension that makes a channel layer a queue.
+
+A layerq layer is a complete Channels layer (``send``/``receive``/groups/
+``flush``), plus the methods below, advertised by ``"layerq"`` in its
+``extensions``. The worker uses only these; producers use ``enqueue``.
+
+The life of a job message::
+
+    enqueue ──> ready ──claim──> leased ──ack──> gone, record succeeded
+                  ^                 │──retry(delay)──> ready later, record retrying
+                  │                 │──release──> ready now, attempt not counted
+                  └──lease expires──┘──dead_letter──> dead-letter store, record failed
+
+Every transition that touches both a message and its job record is atomic:
+a crash between the two must not leave a succeeded record with a message that
+runs again, nor an acked message with a running record.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from channels.layers import BaseChannelLayer
+
+from ..jobs import JobRecord
+
+EXTENSION = "layerq"
+
+
+@dataclasses.dataclass(slots=True)
+class Delivery:
+    """One message handed to one worker under a lease."""
+
+    id: str  #: the layer's id for the stored message
+    channel: str
+    message: dict[str, Any]
+    attempt: int  #: 1 on the first delivery; counts deliveries, including reclaims
+    token: str  #: identifies this lease; a stale token's ack or retry does nothing
+    reclaimed: bool = False  #: an earlier lease expired without an outcome
+    job_id: str | None = None  #: from the envelope, when the message had one
+
+
+@dataclasses.dataclass(slots=True)
+class DeadLetter:
+    """A message no worker could handle, with the reason."""
+
+    id: str
+    channel: str
+    message: dict[str, Any] | None  #: None when the stored bytes could not be decoded
+    reason: str
+    failed_at: float
+    job_id: str | None = None
+
+
+class QueueLayer(BaseChannelLayer, abc.ABC):  # type: ignore[misc]
+    """A Channels layer with leases, retries, dead letters and job records."""
+
+    extensions = ["groups", "flush", EXTENSION]
+
+    # --- producer side ------------------------------------------------------
+
+    @abc.abstractmethod
+    async def enqueue(
+        self, channel: str, message: dict[str, Any], record: JobRecord, delay: float = 0.0
+    ) -> None:
+        """Store ``message`` (ready after ``delay``) and its queued ``record``, atomically.
+
+        Raises :class:`layerq.QueueFull` at capacity; never drops.
+        """
+
+    @abc.abstractmethod
+    def enqueue_sync(
+        self, channel: str, message: dict[str, Any], record: JobRecord, delay: float = 0.0
+    ) -> None:
+        """:meth:`enqueue` for sync code, without an event loop."""
+
+    # --- worker side --------------------------------------------------------
+
+    @abc.abstractmethod
+    async def claim(
+        self, channels: Sequence[str], limit: int, lease: float, wait: float
+    ) -> list[Delivery]:
+        """Lease up to ``limit`` ready messages, waiting up to ``wait`` s for the first.
+
+        Marks each job's record running with the new attempt number. A message
+        whose lease expired is ready again (``reclaimed=True`` when claimed).
+        """
+
+    @abc.abstractmethod
+    async def extend(self, deliveries: Sequence[Delivery], lease: float) -> None:
+        """Push the leases of ``deliveries`` to now + ``lease`` (heartbeat)."""
+
+    @abc.abstractmethod
+    async def ack(self, delivery: Delivery, result: Any, ttl: float) -> bool:
+        """Remove the message; record succeeded with ``result``, kept ``ttl`` s.
+
+        False (and nothing changed) when the lease was lost to another worker.
+        """
+
+    @abc.abstractmethod
+    async def retry(
+        self, delivery: Delivery, delay: float, error_type: str, error_message: str
+    ) -> bool:
+        """Return the message, ready after ``delay``; record retrying with the error."""
+
+    @abc.abstractmethod
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Return messages unrun (shutdown): ready now, the attempt not counted."""
+
+    @abc.abstractmethod
+    async def dead_letter(
+        self,
+        delivery: Delivery,
+        reason: str,
+        error_type: str,
+        error_message: str,
+        ttl: float,
+    ) -> bool:
+        """Move the message to the dead-letter store; record failed, kept ``ttl`` s."""
+
+    # --- records ------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def set_progress(self, job_id: str, progress: float, message: str | None) -> None:
+        """Store a running job's progress."""
+
+    @abc.abstractmethod
+    async def get_record(self, job_id: str) -> JobRecord | None:
+        """The job's record, or None."""
+
+    @abc.abstractmethod
+    def get_record_sync(self, job_id: str) -> JobRecord | None:
+        """:meth:`get_record` for sync code."""
+
+    @abc.abstractmethod
+    async def cancel(self, job_id: str) -> bool:
+        """Remove a job that is still waiting (not leased); record cancelled."""
+
+    @abc.abstractmethod
+    def cancel_sync(self, job_id: str) -> bool:
+        """:meth:`cancel` for sync code."""
+
+    # --- dead letters -------------------------------------------------------
+
+    @abc.abstractmethod
+    async def dead_letters(self, channel: str, limit: int = 100) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters of ``channel``."""
+
+    @abc.abstractmethod
+    async def requeue_dead(self, channel: str, ids: Sequence[str] | None = None) -> int:
+        """Send dead letters back to their channel (all, or ``ids``); their count.
+
+        Requeued jobs start again from attempt 1, with their record queued.
+        """
+
+    @abc.abstractmethod
+    async def pending(self, channel: str) -> int:
+        """Messages stored for ``channel``: ready, delayed and leased."""
+
+
+def is_queue_layer(layer: object) -> bool:
+    """True when ``layer`` offers the acknowledged-receive extension."""
+    return EXTENSION in getattr(layer, "extensions", ()) and isinstance(layer, QueueLayer)

@@ -1,0 +1,29 @@
+-- Cancel a job that is still waiting (ready or delayed, not leased).
+--
+-- KEYS[1]  base "{prefix:channel}"; touches base..":msg", ":lease", ":ready",
+--          ":delay", ":exp", ":att", ":rel", ":recl", ":job:"..id
+-- ARGV[1]  job id (= message id)
+-- ARGV[2]  now (epoch seconds)
+-- ARGV[3]  record ttl (ms)
+-- Returns 1 cancelled, 0 not waiting (running, finished or unknown).
+local base = KEYS[1]
+local id = ARGV[1]
+local msg = base .. ':msg'
+if redis.call('HEXISTS', msg, id) == 0 or redis.call('ZSCORE', base .. ':lease', id) then
+  return 0
+end
+-- LREM is O(n) in the backlog; cancelling is rare and must not leave the id
+-- behind, or a later message with the same id would be delivered twice.
+redis.call('LREM', base .. ':ready', 1, id)
+redis.call('ZREM', base .. ':delay', id)
+redis.call('ZREM', base .. ':exp', id)
+redis.call('HDEL', msg, id)
+redis.call('HDEL', base .. ':att', id)
+redis.call('HDEL', base .. ':rel', id)
+redis.call('SREM', base .. ':recl', id)
+local record = base .. ':job:' .. id
+if redis.call('EXISTS', record) == 1 then
+  redis.call('HSET', record, 'status', 'cancelled', 'finished_at', ARGV[2])
+  redis.call('PEXPIRE', record, ARGV[3])
+end
+return 1

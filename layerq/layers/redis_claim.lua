@@ -1,0 +1,106 @@
+-- Take up to `limit` ready messages of one channel: lease them (claim) or
+-- remove them for good (receive, at most once).
+--
+-- KEYS[1]  base "{prefix:channel}"; touches base..":ready", ":msg", ":delay",
+--          ":lease" (ZSET id -> lease deadline), ":att" (HASH id -> deliveries,
+--          also the lease token), ":rel" (HASH id -> releases, not counted as
+--          attempts), ":recl" (SET of ids whose lease expired), ":exp", ":wake",
+--          ":job:"..id (job records)
+-- ARGV[1]  now (epoch seconds)
+-- ARGV[2]  limit
+-- ARGV[3]  lease deadline; 0 means receive: delete the messages as they are taken
+-- Returns {next_due, {id, payload, attempt, token, reclaimed, ...}} where
+-- next_due is the earliest delayed-message due time or lease deadline ('' if none).
+local base = KEYS[1]
+local now = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local deadline = tonumber(ARGV[3])
+local ready = base .. ':ready'
+local msg = base .. ':msg'
+local delay = base .. ':delay'
+local lease = base .. ':lease'
+local att = base .. ':att'
+local rel = base .. ':rel'
+local recl = base .. ':recl'
+local exp = base .. ':exp'
+
+-- Due delayed messages join the tail, in due order.
+local due = redis.call('ZRANGEBYSCORE', delay, '-inf', now, 'LIMIT', 0, 1000)
+if #due > 0 then
+  redis.call('ZREM', delay, unpack(due))
+  redis.call('RPUSH', ready, unpack(due))
+end
+-- Expired leases (their worker died or stalled) go to the head: they waited longest.
+local lost = redis.call('ZRANGEBYSCORE', lease, '-inf', now, 'LIMIT', 0, 1000)
+if #lost > 0 then
+  redis.call('ZREM', lease, unpack(lost))
+  redis.call('LPUSH', ready, unpack(lost))
+  redis.call('SADD', recl, unpack(lost))
+end
+
+-- Look-ups that only matter when the structure is non-empty are skipped otherwise.
+local check_exp = redis.call('ZCARD', exp) > 0
+local check_rel = redis.call('HLEN', rel) > 0
+local check_recl = redis.call('SCARD', recl) > 0
+
+local out = {}
+local taken = 0
+while taken < limit do
+  local ids = redis.call('LPOP', ready, limit - taken)
+  if not ids then
+    break
+  end
+  for _, id in ipairs(ids) do
+    local payload = redis.call('HGET', msg, id)
+    local alive = payload ~= false
+    if alive and check_exp then
+      local expires = redis.call('ZSCORE', exp, id)
+      if expires then
+        -- A taken plain message is no longer subject to expiry.
+        redis.call('ZREM', exp, id)
+        if tonumber(expires) <= now then
+          redis.call('HDEL', msg, id)
+          alive = false
+        end
+      end
+    end
+    if alive then
+      taken = taken + 1
+      if deadline == 0 then
+        redis.call('HDEL', msg, id)
+        redis.call('HDEL', att, id)
+        if check_rel then redis.call('HDEL', rel, id) end
+        if check_recl then redis.call('SREM', recl, id) end
+        out[#out + 1] = {id, payload, 0, 0, 0}
+      else
+        local token = redis.call('HINCRBY', att, id, 1)
+        local attempt = token
+        if check_rel then
+          local released = redis.call('HGET', rel, id)
+          if released then attempt = token - tonumber(released) end
+        end
+        local reclaimed = 0
+        if check_recl then reclaimed = redis.call('SREM', recl, id) end
+        redis.call('ZADD', lease, deadline, id)
+        local record = base .. ':job:' .. id
+        if redis.call('EXISTS', record) == 1 then
+          redis.call('HSET', record, 'status', 'running', 'attempt', attempt, 'started_at', ARGV[1])
+        end
+        out[#out + 1] = {id, payload, attempt, token, reclaimed}
+      end
+    end
+  end
+end
+
+local next_due = ''
+local first = redis.call('ZRANGE', delay, 0, 0, 'WITHSCORES')
+if #first > 0 then next_due = first[2] end
+first = redis.call('ZRANGE', lease, 0, 0, 'WITHSCORES')
+if #first > 0 and (next_due == '' or tonumber(first[2]) < tonumber(next_due)) then
+  next_due = first[2]
+end
+if redis.call('LLEN', ready) == 0 then
+  -- Nothing is ready: tokens left now would only cause empty wake-ups.
+  redis.call('DEL', base .. ':wake')
+end
+return {next_due, out}

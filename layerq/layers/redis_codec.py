@@ -1,0 +1,109 @@
+"""How the Redis layer turns messages and job records into bytes (msgpack, never pickle)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from ..events import ENVELOPE_KEY, check_plain
+from ..jobs import JobRecord, JobStatus
+
+#: where a message for a process-local channel carries its full channel name
+LOCAL_CHANNEL_KEY = "__asgi_channel__"
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder()
+_dict_decoder = msgspec.msgpack.Decoder(dict[str, Any])
+
+_INT_FIELDS = frozenset({"attempt", "max_attempts"})
+_FLOAT_FIELDS = frozenset({"enqueued_at", "started_at", "finished_at", "progress"})
+
+
+def job_id_of(message: Mapping[str, Any]) -> str | None:
+    """The job id when ``message`` is a job message (a ``layerq`` envelope with an id)."""
+    envelope = message.get(ENVELOPE_KEY)
+    if isinstance(envelope, dict):
+        job_id = envelope.get("id")
+        if isinstance(job_id, str) and job_id:
+            return job_id
+    return None
+
+
+def new_message_id() -> str:
+    """An id for a plain message; the leading dot keeps it apart from job ids."""
+    return "." + secrets.token_hex(8)
+
+
+def encode_message(message: dict[str, Any]) -> bytes:
+    """msgpack bytes of a Channels message, refusing what would not round-trip.
+
+    TypeError for a non-dict (as Channels layers do); InvalidEvent for values
+    that msgpack cannot carry or that a receiver would read differently.
+    """
+    if not isinstance(message, dict):
+        raise TypeError(f"a message must be a dict, not {type(message).__name__}")
+    check_plain(message, "$")
+    return _encoder.encode(message)
+
+
+def decode_message(payload: bytes) -> dict[str, Any]:
+    """The message stored as ``payload``."""
+    return _dict_decoder.decode(payload)
+
+
+def encode_value(value: Any) -> bytes:
+    """msgpack bytes of a job result or dead-letter info."""
+    return _encoder.encode(value)
+
+
+def decode_value(payload: bytes) -> Any:
+    return _decoder.decode(payload)
+
+
+def number(value: float) -> str:
+    """A float as Lua and Redis read it back exactly."""
+    return repr(float(value))
+
+
+def encode_record(record: JobRecord) -> list[str | bytes]:
+    """Field/value pairs for HSET; None fields are left out."""
+    pairs: list[str | bytes] = []
+    for field in record.__struct_fields__:
+        value = getattr(record, field)
+        if value is None:
+            continue
+        if field == "result":
+            pairs += [field, encode_value(value)]
+        elif isinstance(value, bool | int) and not isinstance(value, float):
+            pairs += [field, str(int(value))]
+        elif isinstance(value, float):
+            pairs += [field, number(value)]
+        else:
+            pairs += [field, str(value)]
+    return pairs
+
+
+def decode_record(raw: Mapping[bytes, bytes]) -> JobRecord | None:
+    """The JobRecord stored as hash fields; None for an empty (missing) hash."""
+    if not raw:
+        return None
+    fields: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.decode()
+        if name == "result":
+            fields[name] = decode_value(value)
+        elif name in _INT_FIELDS:
+            fields[name] = int(value)
+        elif name in _FLOAT_FIELDS:
+            fields[name] = float(value)
+        elif name in JobRecord.__struct_fields__:
+            fields[name] = value.decode()
+    if "id" not in fields or "status" not in fields:
+        return None  # a half-written hash (e.g. progress on an expired record)
+    fields["status"] = JobStatus(fields["status"])
+    fields.setdefault("type", "")
+    fields.setdefault("channel", "")
+    return JobRecord(**fields)

@@ -1,0 +1,63 @@
+-- Store one message on a channel: ready now or after a delay, with its job record.
+--
+-- KEYS[1]  base "{prefix:channel}" (a hash tag: every key below shares its slot)
+--          touches base..":msg" (HASH id -> payload), ":ready" (LIST of ids),
+--          ":delay" (ZSET id -> due), ":exp" (ZSET id -> expiry of plain messages),
+--          ":wake" (LIST of wake-up tokens), ":job:"..id (HASH, the job record)
+-- ARGV[1]  message id (the job id for job messages)
+-- ARGV[2]  payload (msgpack)
+-- ARGV[3]  now (epoch seconds)
+-- ARGV[4]  due: ready at this time (<= now: ready at once)
+-- ARGV[5]  expires at (0: durable, never expires)
+-- ARGV[6]  capacity: messages the channel may hold (ready, delayed and leased)
+-- ARGV[7..] job record field/value pairs (none for plain messages)
+-- Returns 1 stored, 0 channel full (nothing stored), 2 already stored (a retried send).
+local base = KEYS[1]
+local msg = base .. ':msg'
+local ready = base .. ':ready'
+local exp = base .. ':exp'
+local id = ARGV[1]
+local now = tonumber(ARGV[3])
+
+if redis.call('HEXISTS', msg, id) == 1 then
+  return 2
+end
+
+local capacity = tonumber(ARGV[6])
+if redis.call('HLEN', msg) >= capacity then
+  -- Expired plain messages still count until something removes them; drop a
+  -- bounded number before refusing, so a dead channel does not stay full.
+  local gone = redis.call('ZRANGEBYSCORE', exp, '-inf', now, 'LIMIT', 0, 100)
+  for _, old in ipairs(gone) do
+    redis.call('HDEL', msg, old)
+    redis.call('LREM', ready, 1, old)
+    redis.call('ZREM', exp, old)
+  end
+  if redis.call('HLEN', msg) >= capacity then
+    return 0
+  end
+end
+
+redis.call('HSET', msg, id, ARGV[2])
+local due = tonumber(ARGV[4])
+if due > now then
+  redis.call('ZADD', base .. ':delay', due, id)
+else
+  redis.call('RPUSH', ready, id)
+end
+local expires = tonumber(ARGV[5])
+if expires > 0 then
+  redis.call('ZADD', exp, expires, id)
+end
+if #ARGV > 6 then
+  local record = base .. ':job:' .. id
+  redis.call('DEL', record)
+  redis.call('HSET', record, unpack(ARGV, 7, #ARGV))
+end
+-- One token per message wakes one blocked receiver; the cap bounds the
+-- spurious wake-ups left behind when nobody was waiting.
+local wake = base .. ':wake'
+if redis.call('RPUSH', wake, '1') > 256 then
+  redis.call('LTRIM', wake, -256, -1)
+end
+return 1

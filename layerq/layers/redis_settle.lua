@@ -1,0 +1,91 @@
+-- Settle one leased message: ack, retry, release, dead-letter or extend its lease.
+-- Only the holder of the current lease may: a stale token changes nothing.
+--
+-- KEYS[1]  base "{prefix:channel}"; touches base..":lease", ":att", ":rel",
+--          ":recl", ":msg", ":ready", ":delay", ":wake", ":dead" (HASH id ->
+--          payload), ":deadinfo" (HASH id -> msgpack [reason, failed_at, job_id]),
+--          ":deadq" (ZSET id -> failed_at), ":job:"..id (the job record)
+-- ARGV[1]  op: ack | retry | release | dead | extend
+-- ARGV[2]  message id
+-- ARGV[3]  lease token (the delivery count handed out by claim)
+-- ARGV[4]  now (epoch seconds)
+-- ack:     ARGV[5] record ttl (ms), ARGV[6] result (msgpack)
+-- retry:   ARGV[5] due (epoch seconds), ARGV[6] error type, ARGV[7] error message
+-- release: nothing more
+-- dead:    ARGV[5] record ttl (ms), ARGV[6] error type, ARGV[7] error message,
+--          ARGV[8] dead-letter info (msgpack)
+-- extend:  ARGV[5] new lease deadline
+-- Returns 1 done, 0 stale token (the lease expired and the message moved on).
+local base = KEYS[1]
+local op = ARGV[1]
+local id = ARGV[2]
+local lease = base .. ':lease'
+local att = base .. ':att'
+
+if not redis.call('ZSCORE', lease, id) or redis.call('HGET', att, id) ~= ARGV[3] then
+  return 0
+end
+if op == 'extend' then
+  redis.call('ZADD', lease, 'XX', ARGV[5], id)
+  return 1
+end
+
+local record = base .. ':job:' .. id
+local has_record = redis.call('EXISTS', record) == 1
+local function wake()
+  local key = base .. ':wake'
+  if redis.call('RPUSH', key, '1') > 256 then
+    redis.call('LTRIM', key, -256, -1)
+  end
+end
+
+redis.call('ZREM', lease, id)
+redis.call('SREM', base .. ':recl', id)
+
+if op == 'ack' then
+  redis.call('HDEL', base .. ':msg', id)
+  redis.call('HDEL', att, id)
+  redis.call('HDEL', base .. ':rel', id)
+  if has_record then
+    redis.call('HSET', record, 'status', 'succeeded', 'finished_at', ARGV[4], 'result', ARGV[6])
+    redis.call('HDEL', record, 'error_type', 'error_message')
+    redis.call('PEXPIRE', record, ARGV[5])
+  end
+elseif op == 'retry' then
+  if tonumber(ARGV[5]) > tonumber(ARGV[4]) then
+    redis.call('ZADD', base .. ':delay', ARGV[5], id)
+  else
+    redis.call('RPUSH', base .. ':ready', id)
+  end
+  wake()
+  if has_record then
+    redis.call('HSET', record, 'status', 'retrying', 'error_type', ARGV[6], 'error_message', ARGV[7])
+  end
+elseif op == 'release' then
+  -- Back to the head, and the delivery is not counted as an attempt.
+  local released = redis.call('HINCRBY', base .. ':rel', id, 1)
+  redis.call('LPUSH', base .. ':ready', id)
+  wake()
+  if has_record then
+    local attempt = tonumber(ARGV[3]) - released
+    redis.call('HSET', record, 'status', 'queued', 'attempt', attempt)
+  end
+elseif op == 'dead' then
+  local msg = base .. ':msg'
+  local payload = redis.call('HGET', msg, id)
+  if payload then
+    redis.call('HSET', base .. ':dead', id, payload)
+    redis.call('HSET', base .. ':deadinfo', id, ARGV[8])
+    redis.call('ZADD', base .. ':deadq', ARGV[4], id)
+  end
+  redis.call('HDEL', msg, id)
+  redis.call('HDEL', base .. ':rel', id)
+  if has_record then
+    redis.call('HSET', record, 'status', 'failed', 'finished_at', ARGV[4],
+      'error_type', ARGV[6], 'error_message', ARGV[7])
+    redis.call('PEXPIRE', record, ARGV[5])
+  end
+else
+  return redis.error_reply('unknown settle op ' .. op)
+end
+return 1

@@ -1,0 +1,89 @@
+"""Waking receivers when another connection commits to the SQLite file.
+
+SQLite has no notifications, so each event loop that has waiting receivers
+runs one watcher task. It reads ``PRAGMA data_version`` every few
+milliseconds (a read of shared memory that changes whenever any *other*
+connection commits) and, only when it changed or a slow tick passed (delays
+and leases end with time, not commits), asks which of the waited-on channels
+have ready messages and wakes just those waiters. Idle receivers therefore
+cost one cheap pragma per tick per process, not one query each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from .. import clock
+
+#: how often the watcher looks at data_version; bounds cross-process latency
+TICK = 0.002
+#: re-check even without commits, for delayed messages and expired leases
+SLOW_TICK = 0.05
+_CHUNK = 500  # channels per IN (...) query, far below SQLite's variable limit
+
+
+class Waiters:
+    """The waiting receivers of one event loop on one SQLite file."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
+        self._events: dict[str, set[asyncio.Event]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, channels: Sequence[str]) -> AsyncIterator[asyncio.Event]:
+        """An event set whenever one of ``channels`` may have a ready message."""
+        event = asyncio.Event()
+        for channel in channels:
+            self._events.setdefault(channel, set()).add(event)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+        try:
+            yield event
+        finally:
+            for channel in channels:
+                members = self._events.get(channel)
+                if members is not None:
+                    members.discard(event)
+                    if not members:
+                        del self._events[channel]
+
+    def _wake(self, channels: Sequence[str]) -> None:
+        for channel in channels:
+            for event in self._events.get(channel, ()):
+                event.set()
+
+    async def _watch(self) -> None:
+        db = self._connect()
+        try:
+            version = -1
+            loop = asyncio.get_running_loop()
+            last_scan = 0.0
+            while self._events:
+                # Reading data_version is a shared-memory read, cheap enough to
+                # do on the loop thread without an executor hop.
+                (current,) = db.execute("PRAGMA data_version").fetchone()
+                if current != version or loop.time() - last_scan >= SLOW_TICK:
+                    version = current
+                    last_scan = loop.time()
+                    self._wake(_ready_channels(db, list(self._events)))
+                await asyncio.sleep(TICK)
+        finally:
+            db.close()
+
+
+def _ready_channels(db: sqlite3.Connection, channels: list[str]) -> list[str]:
+    now = clock.now()
+    ready: list[str] = []
+    for start in range(0, len(channels), _CHUNK):
+        chunk = channels[start : start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rows = db.execute(
+            f"SELECT DISTINCT channel FROM messages WHERE channel IN ({marks}) AND ready_at <= ?",
+            (*chunk, now),
+        ).fetchall()
+        ready.extend(row[0] for row in rows)
+    return ready

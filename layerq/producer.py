@@ -1,0 +1,222 @@
+"""Sending jobs: ``send`` from sync code, ``asend`` from async code.
+
+The job id is made here, before anything is stored, so a caller can keep it
+(in a model, in a response) even when the send waits for a transaction.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import structlog
+from asgiref.sync import async_to_sync
+from channels.exceptions import ChannelFull
+from channels.layers import BaseChannelLayer
+from django.db import transaction
+
+from . import clock, signing
+from .conf import get_settings
+from .errors import InvalidEvent, QueueFull, Unsupported
+from .events import (
+    ENVELOPE_KEY,
+    Envelope,
+    Event,
+    build_message,
+    check_plain,
+    event_class,
+    new_job_id,
+    validate_fields,
+)
+from .jobs import Job, JobRecord, JobStatus
+from .layers import get_layer, is_queue_layer
+
+log = structlog.get_logger("layerq")
+_names = BaseChannelLayer()
+
+Notify = str | Sequence[str] | None
+
+
+class _Prepared:
+    """A validated message ready to hand to a layer."""
+
+    __slots__ = ("channel", "delay", "job", "message", "record")
+
+    def __init__(
+        self, job: Job, channel: str, message: dict[str, Any], record: JobRecord, delay: float
+    ) -> None:
+        self.job = job
+        self.channel = channel
+        self.message = message
+        self.record = record
+        self.delay = delay
+
+
+def _fields(event: Event | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    if isinstance(event, Event):
+        return type(event).event_type, event.fields()
+    if not isinstance(event, Mapping):
+        raise InvalidEvent(f"an event must be a layerq.Event or a dict, not {type(event)!r}")
+    event_type = event.get("type")
+    if not isinstance(event_type, str) or not event_type:
+        raise InvalidEvent("a dict event needs a 'type' string")
+    if ENVELOPE_KEY in event:
+        raise InvalidEvent(f"{ENVELOPE_KEY!r} is reserved for layerq's envelope")
+    raw = {k: v for k, v in event.items() if k != "type"}
+    cls = event_class(event_type)
+    if cls is not None:
+        return event_type, validate_fields(cls, raw)
+    check_plain(raw, "$")
+    return event_type, raw
+
+
+def _groups(notify: Notify) -> list[str]:
+    if notify is None:
+        return []
+    groups = [notify] if isinstance(notify, str) else list(notify)
+    for group in groups:
+        try:
+            _names.require_valid_group_name(group)
+        except TypeError as exc:
+            raise InvalidEvent(f"notify: {exc} (got {group!r})") from exc
+    return groups
+
+
+def prepare(
+    channel: str,
+    event: Event | Mapping[str, Any],
+    *,
+    notify: Notify = None,
+    delay: float | None = None,
+    max_attempts: int | None = None,
+    timeout: float | None = None,
+    layer: str | None = None,
+) -> _Prepared:
+    """Validate everything and build the message; stores nothing."""
+    try:
+        _names.require_valid_channel_name(channel)
+    except TypeError as exc:
+        raise InvalidEvent(f"channel: {exc} (got {channel!r})") from exc
+    if "!" in channel:
+        raise InvalidEvent("jobs go to named worker channels, not process-specific '!' ones")
+    if delay is not None and delay < 0:
+        raise InvalidEvent("delay must be >= 0 seconds")
+    if max_attempts is not None and max_attempts < 1:
+        raise InvalidEvent("max_attempts must be >= 1")
+    if timeout is not None and timeout <= 0:
+        raise InvalidEvent("timeout must be > 0 seconds")
+    event_type, fields = _fields(event)
+    now = clock.now()
+    envelope = Envelope(
+        id=new_job_id(),
+        enqueued=now,
+        notify=_groups(notify),
+        max_attempts=max_attempts,
+        timeout=timeout,
+    )
+    message = build_message(event_type, fields, envelope)
+    if get_settings().sign:
+        message[ENVELOPE_KEY]["sig"] = signing.sign(message)
+    alias = layer or get_settings().layer
+    job = Job(envelope.id, channel=channel, type=event_type, layer_alias=alias)
+    record = JobRecord(
+        id=job.id,
+        type=event_type,
+        channel=channel,
+        status=JobStatus.QUEUED,
+        max_attempts=max_attempts,
+        enqueued_at=now,
+    )
+    return _Prepared(job, channel, message, record, delay or 0.0)
+
+
+def _deliver_sync(prepared: _Prepared) -> None:
+    layer = get_layer(prepared.job.layer_alias)
+    if is_queue_layer(layer):
+        layer.enqueue_sync(prepared.channel, prepared.message, prepared.record, prepared.delay)
+    else:
+        _basic_checks(layer, prepared)
+        try:
+            async_to_sync(layer.send)(prepared.channel, prepared.message)
+        except ChannelFull as exc:
+            raise QueueFull(f"channel {prepared.channel!r} is at capacity") from exc
+    _queued(prepared)
+
+
+async def _deliver(prepared: _Prepared) -> None:
+    layer = get_layer(prepared.job.layer_alias)
+    if is_queue_layer(layer):
+        await layer.enqueue(prepared.channel, prepared.message, prepared.record, prepared.delay)
+    else:
+        _basic_checks(layer, prepared)
+        try:
+            await layer.send(prepared.channel, prepared.message)
+        except ChannelFull as exc:
+            raise QueueFull(f"channel {prepared.channel!r} is at capacity") from exc
+    _queued(prepared)
+
+
+def _basic_checks(layer: object, prepared: _Prepared) -> None:
+    if prepared.delay:
+        raise Unsupported(f"delay needs a layerq channel layer; {type(layer).__name__} has none")
+
+
+def _queued(prepared: _Prepared) -> None:
+    log.debug(
+        "job.queued",
+        job_id=prepared.job.id,
+        type=prepared.job.type,
+        channel=prepared.channel,
+        delay=prepared.delay,
+    )
+
+
+def send(
+    channel: str,
+    event: Event | Mapping[str, Any],
+    *,
+    notify: Notify = None,
+    delay: float | None = None,
+    max_attempts: int | None = None,
+    timeout: float | None = None,
+    on_commit: bool = False,
+    using: str | None = None,
+    layer: str | None = None,
+) -> Job:
+    """Enqueue ``event`` on ``channel`` from sync code and return its Job at once.
+
+    ``notify``: group name(s) told about progress and the outcome.
+    ``delay``: seconds before the job may run. ``max_attempts``, ``timeout``:
+    override the LAYERQ defaults for this job. ``on_commit``: send when the
+    current transaction of database ``using`` commits (at once outside one).
+    Raises InvalidEvent for bad input and QueueFull when the channel is full.
+    """
+    prepared = prepare(
+        channel, event, notify=notify, delay=delay, max_attempts=max_attempts,
+        timeout=timeout, layer=layer,
+    )  # fmt: skip
+    if on_commit:
+        transaction.on_commit(functools.partial(_deliver_sync, prepared), using=using)
+    else:
+        _deliver_sync(prepared)
+    return prepared.job
+
+
+async def asend(
+    channel: str,
+    event: Event | Mapping[str, Any],
+    *,
+    notify: Notify = None,
+    delay: float | None = None,
+    max_attempts: int | None = None,
+    timeout: float | None = None,
+    layer: str | None = None,
+) -> Job:
+    """Enqueue ``event`` on ``channel`` from async code; see :func:`send`."""
+    prepared = prepare(
+        channel, event, notify=notify, delay=delay, max_attempts=max_attempts,
+        timeout=timeout, layer=layer,
+    )  # fmt: skip
+    await _deliver(prepared)
+    return prepared.job

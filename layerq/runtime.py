@@ -1,0 +1,367 @@
+"""Where a job runs: the worker loop behind ``manage.py runworker``.
+
+One asyncio loop claims deliveries (never more than there are free slots, so
+a killed worker holds at most ``concurrency`` jobs, all under lease), runs
+async handlers as tasks and sync handlers in a thread pool, heartbeats the
+leases of running jobs, and settles each delivery: ack with the result, retry
+with backoff, or dead-letter with the reason. Stopping is graceful: no new
+claims; running jobs get ``shutdown_timeout`` seconds; the rest go back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import inspect
+import random
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import structlog
+from django.db import close_old_connections
+
+from . import clock, signing
+from .conf import Settings, get_settings
+from .consumers import UnknownEventType, _WorkerMixin, find_handler
+from .context import JobContext, current_job
+from .errors import InvalidEvent, Retry
+from .events import Envelope, check_plain, read_envelope
+from .layers import Delivery, get_layer, is_queue_layer
+from .notify import job_event
+from .routing import Route, resolve
+from .sources import BasicSource, QueueSource
+
+log = structlog.get_logger("layerq")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+#: how long one claim waits for work before the loop looks at its stop flag again
+CLAIM_WAIT = 0.5
+
+
+def backoff(attempt: int, settings: Settings) -> float:
+    """Delay before attempt ``attempt + 1``: exponential, capped, half of it jittered."""
+    ceiling = min(settings.backoff_max, settings.backoff * 2.0 ** (attempt - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+class _Rejected(Exception):
+    """A delivery that cannot run at all; dead-letter it with this reason."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Running:
+    delivery: Delivery
+    task: asyncio.Task[None]
+    settled: bool = False
+
+
+class Worker:
+    """Runs the consumers routed for ``channels`` until stopped (or empty, in burst)."""
+
+    def __init__(
+        self,
+        application: Any,
+        channels: Sequence[str],
+        *,
+        concurrency: int = 8,
+        burst: bool = False,
+        shutdown_timeout: float = 30.0,
+        layer_alias: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.channels = list(dict.fromkeys(channels))
+        self.routes: dict[str, Route] = resolve(application, self.channels)
+        self.concurrency = concurrency
+        self.burst = burst
+        self.shutdown_timeout = shutdown_timeout
+        self.settings = get_settings()
+        self.layer = get_layer(layer_alias)
+        self.source: QueueSource | BasicSource = (
+            QueueSource(self.layer) if is_queue_layer(self.layer) else BasicSource(self.layer)
+        )
+        self._running: dict[str, _Running] = {}
+        self._slot_free = asyncio.Event()
+        self._stopping = False
+        self._hard_stop = False
+        self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="layerq-job")
+        self._retry_due = 0.0  # monotonic time the last retry this worker scheduled is due
+        self.processed = 0
+
+    # --- control ---------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """First call: stop claiming and drain. Second call: stop now."""
+        if self._stopping:
+            self._hard_stop = True
+            log.warning("worker.stopping", graceful=False)
+            for running in self._running.values():
+                running.task.cancel()
+        else:
+            self._stopping = True
+            log.info("worker.stopping", graceful=True, in_flight=len(self._running))
+        self._slot_free.set()
+
+    async def run(self) -> int:
+        """Claim and run jobs until stopped; the process exit code."""
+        log.info(
+            "worker.started", channels=self.channels, concurrency=self.concurrency,
+            layer=type(self.layer).__name__, burst=self.burst,
+        )  # fmt: skip
+        if not self.source.reliable:
+            log.warning(
+                "worker.basic_mode",
+                layer=type(self.layer).__name__,
+                lost="at-most-once delivery: no leases, retries, delays, job records or results",
+            )
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            await self._loop()
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            await self._drain()
+            await self.source.close()
+            self._threads.shutdown(wait=False, cancel_futures=True)
+        log.info("worker.stopped", processed=self.processed)
+        return EXIT_OK
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            free = self.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            wait = CLAIM_WAIT
+            if self.burst:
+                # Burst waits only for retries it scheduled itself: it finishes
+                # what it started, but not jobs delayed by their producers.
+                wait = max(0.0, min(CLAIM_WAIT, self._retry_due - time.monotonic()))
+            deliveries = await self.source.claim(self.channels, free, self.settings.lease, wait)
+            if self._stopping:
+                await self.source.release(deliveries)
+                break
+            for delivery in deliveries:
+                self._start(delivery)
+            if not deliveries and self.burst:
+                if not self._running:
+                    if time.monotonic() < self._retry_due:
+                        continue
+                    break
+                self._slot_free.clear()
+                await self._slot_free.wait()
+
+    def _start(self, delivery: Delivery) -> None:
+        task = asyncio.create_task(self._handle(delivery))
+        self._running[delivery.id] = _Running(delivery, task)
+
+    async def _drain(self) -> None:
+        if self._running and not self._hard_stop:
+            tasks = [r.task for r in self._running.values()]
+            await asyncio.wait(tasks, timeout=self.shutdown_timeout)
+        unsettled = [r for r in self._running.values() if not r.settled]
+        for running in unsettled:
+            running.task.cancel()
+        if unsettled:
+            # Returned, not failed: they run again elsewhere, attempt not counted.
+            await self.source.release([r.delivery for r in unsettled])
+            for running in unsettled:
+                running.settled = True
+                log.warning(
+                    "job.returned", job_id=running.delivery.job_id,
+                    channel=running.delivery.channel,
+                )  # fmt: skip
+        await asyncio.gather(*(r.task for r in unsettled), return_exceptions=True)
+
+    async def _heartbeat(self) -> None:
+        lease = self.settings.lease
+        while True:
+            await asyncio.sleep(lease / 3)
+            live = [r.delivery for r in self._running.values() if not r.settled]
+            if live:
+                try:
+                    await self.source.extend(live, lease)
+                except Exception as exc:  # a missed beat is retried; the lease is 3 beats long
+                    log.warning("worker.heartbeat_failed", error=repr(exc))
+
+    # --- one job ------------------------------------------------------------------
+
+    async def _handle(self, delivery: Delivery) -> None:
+        structlog.contextvars.bind_contextvars(
+            job_id=delivery.job_id, channel=delivery.channel, attempt=delivery.attempt
+        )
+        try:
+            await self._handle_one(delivery)
+        except asyncio.CancelledError:
+            pass  # shutdown: _drain releases what was not settled
+        except Exception:  # a bug of ours must not kill the loop; the lease brings it back
+            log.exception("worker.internal_error")
+        finally:
+            running = self._running.pop(delivery.id, None)
+            if running is not None and running.settled:
+                self.processed += 1
+            self._slot_free.set()
+
+    def _settled(self, delivery: Delivery) -> None:
+        running = self._running.get(delivery.id)
+        if running is not None:
+            running.settled = True
+
+    async def _handle_one(self, delivery: Delivery) -> None:
+        try:
+            envelope, handler, argument = self._prepare(delivery)
+        except _Rejected as exc:
+            await self._dead(delivery, str(exc), "Rejected", str(exc))
+            return
+        event_type = str(delivery.message.get("type"))
+        structlog.contextvars.bind_contextvars(type=event_type)
+        job = JobContext(
+            id=envelope.id, type=event_type, channel=delivery.channel, attempt=delivery.attempt,
+            max_attempts=envelope.max_attempts or self.settings.max_attempts,
+            notify=list(envelope.notify), loop=asyncio.get_running_loop(), reporter=self._report,
+        )  # fmt: skip
+        if delivery.reclaimed:
+            log.warning("job.reclaimed")
+        log.info("job.started", queued_for=round(max(0.0, clock.now() - envelope.enqueued), 6))
+        await self._notify(job, "started", status="running")
+        timeout = envelope.timeout or self.settings.timeout
+        began = time.monotonic()
+        current_job.set(job)
+        try:
+            result = await self._call(handler, argument, timeout)
+            check_plain(result, "result")
+        except Retry as request:
+            await self._retry(delivery, job, request.delay, "Retry", request.reason, began)
+        except TimeoutError as exc:
+            message = f"ran longer than its timeout of {timeout}s" if not str(exc) else str(exc)
+            await self._fail(delivery, job, "TimeoutError", message, began)
+        except InvalidEvent as exc:
+            await self._fail(delivery, job, "InvalidResult", str(exc), began)
+        except Exception as exc:
+            await self._fail(delivery, job, type(exc).__name__, str(exc), began, exc)
+        else:
+            duration = round(time.monotonic() - began, 6)
+            if await self.source.ack(delivery, result, self.settings.result_ttl):
+                self._settled(delivery)
+                log.info("job.succeeded", duration=duration)
+                await self._notify(job, "succeeded", status="succeeded", result=result)
+            else:
+                log.warning("job.lease_lost", duration=duration)
+
+    def _prepare(self, delivery: Delivery) -> tuple[Envelope, Any, Any]:
+        message = delivery.message
+        try:
+            envelope = read_envelope(message)
+        except InvalidEvent as exc:
+            raise _Rejected(f"malformed: {exc}") from exc
+        if self.settings.sign and not signing.verify(message, envelope.sig):
+            raise _Rejected("unsigned or bad signature: refused")
+        consumer = self.routes[delivery.channel].consumer()
+        consumer.scope = {"type": "channel", "channel": delivery.channel}
+        consumer.channel_layer = self.layer
+        consumer.channel_name = None
+        try:
+            if isinstance(consumer, _WorkerMixin):
+                handler, argument = consumer.layerq_handler(message)
+            else:
+                _, handler = find_handler(consumer, message)  # plain Channels consumer
+                argument = message
+        except (InvalidEvent, UnknownEventType) as exc:
+            raise _Rejected(f"{type(exc).__name__}: {exc}") from exc
+        return envelope, handler, argument
+
+    async def _call(self, handler: Any, argument: Any, timeout: float | None) -> Any:
+        if inspect.iscoroutinefunction(handler):
+            async with asyncio.timeout(timeout):
+                return await handler(argument)
+
+        def run() -> Any:
+            close_old_connections()
+            try:
+                return handler(argument)
+            finally:
+                close_old_connections()
+
+        context = contextvars.copy_context()
+        future = asyncio.get_running_loop().run_in_executor(self._threads, context.run, run)
+        # A thread cannot be stopped: on timeout the job fails and the thread
+        # finishes on its own (its late result is discarded).
+        async with asyncio.timeout(timeout):
+            return await future
+
+    # --- outcomes ---------------------------------------------------------------
+
+    async def _retry(
+        self, delivery: Delivery, job: JobContext, delay: float | None,
+        error_type: str, message: str, began: float,
+    ) -> None:  # fmt: skip
+        if not self.source.reliable or delivery.attempt >= job.max_attempts:
+            await self._fail(delivery, job, error_type, message, began)
+            return
+        delay = backoff(delivery.attempt, self.settings) if delay is None else delay
+        if await self.source.retry(delivery, delay, error_type, message):
+            self._settled(delivery)
+            self._retry_due = max(self._retry_due, time.monotonic() + delay)
+            level = log.info if error_type == "Retry" else log.warning
+            level(
+                "job.retrying", delay=round(delay, 3), error_type=error_type, error=message,
+                duration=round(time.monotonic() - began, 6),
+            )  # fmt: skip
+            await self._notify(
+                job, "retrying", status="retrying", error={"type": error_type, "message": message}
+            )
+
+    async def _fail(
+        self, delivery: Delivery, job: JobContext, error_type: str, message: str,
+        began: float, exc: BaseException | None = None,
+    ) -> None:  # fmt: skip
+        if self.source.reliable and delivery.attempt < job.max_attempts and error_type != "Retry":
+            await self._retry(delivery, job, None, error_type, message, began)
+            return
+        duration = round(time.monotonic() - began, 6)
+        reason = f"failed after {delivery.attempt} attempt(s): {error_type}: {message}"
+        if await self.source.dead_letter(
+            delivery, reason, error_type, message, self.settings.result_ttl
+        ):
+            self._settled(delivery)
+            log.error(
+                "job.failed", error_type=error_type, error=message, duration=duration,
+                exc_info=exc,
+            )  # fmt: skip
+            await self._notify(
+                job, "failed", status="failed", error={"type": error_type, "message": message}
+            )
+
+    async def _dead(self, delivery: Delivery, reason: str, error_type: str, message: str) -> None:
+        if await self.source.dead_letter(
+            delivery, reason, error_type, message, self.settings.result_ttl
+        ):
+            self._settled(delivery)
+            log.error("job.dead", reason=reason, type=delivery.message.get("type"))
+
+    # --- progress and notifications -------------------------------------------------
+
+    async def _report(self, job: JobContext, fraction: float, message: str | None) -> None:
+        if job.id is not None and self.source.reliable:
+            await self.source.set_progress(job.id, fraction, message)
+        log.debug("job.progress", progress=fraction, message=message)
+        await self._notify(job, "progress", status="running", progress=fraction, message=message)
+
+    async def _notify(self, job: JobContext, kind: str, **fields: Any) -> None:
+        if not job.notify:
+            return
+        payload = {"id": job.id, "type": job.type, "channel": job.channel,
+                   "attempt": job.attempt, **fields}  # fmt: skip
+        for group in job.notify:
+            try:
+                await self.layer.group_send(group, job_event(kind, payload))
+            except Exception as exc:  # telling browsers must never fail the job
+                log.warning("job.notify_failed", group=group, error=repr(exc))
