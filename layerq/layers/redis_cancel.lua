@@ -23,7 +23,8 @@ redis.call('HDEL', base .. ':rel', id)
 redis.call('SREM', base .. ':recl', id)
 local record = base .. ':job:' .. id
 if redis.call('EXISTS', record) == 1 then
-  redis.call('HSET', record, 'status', 'cancelled', 'finished_at', ARGV[2])
+  redis.call('HSET', record, 'status', 'cancelled', 'finished_at', ARGV[2],
+    'expires_at', ARGV[2] + ARGV[3] / 1000)
   redis.call('PEXPIRE', record, ARGV[3])
 end
 return 1

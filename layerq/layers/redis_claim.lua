@@ -5,7 +5,8 @@
 --          ":lease" (ZSET id -> lease deadline), ":att" (HASH id -> deliveries,
 --          also the lease token), ":rel" (HASH id -> releases, not counted as
 --          attempts), ":recl" (SET of ids whose lease expired), ":exp", ":wake",
---          ":job:"..id (job records)
+--          ":job:"..id (job records), ":local" (HASH process-local suffix -> count;
+--          a plain message for a '!' channel has the id ".<random>!<suffix>")
 -- ARGV[1]  now (epoch seconds)
 -- ARGV[2]  limit
 -- ARGV[3]  lease deadline; 0 means receive: delete the messages as they are taken
@@ -43,6 +44,14 @@ local check_exp = redis.call('ZCARD', exp) > 0
 local check_rel = redis.call('HLEN', rel) > 0
 local check_recl = redis.call('SCARD', recl) > 0
 
+local counts = base .. ':local'
+local function uncount(id)
+  local owner = string.match(id, '^%.[^!]*!(.+)$')
+  if owner and redis.call('HINCRBY', counts, owner, -1) <= 0 then
+    redis.call('HDEL', counts, owner)
+  end
+end
+
 local out = {}
 local taken = 0
 while taken < limit do
@@ -63,6 +72,9 @@ while taken < limit do
           alive = false
         end
       end
+    end
+    if payload then
+      uncount(id)
     end
     if alive then
       taken = taken + 1

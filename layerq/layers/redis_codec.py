@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from .. import clock
 from ..events import ENVELOPE_KEY, check_plain
 from ..jobs import JobRecord, JobStatus
 
@@ -63,6 +64,11 @@ def decode_value(payload: bytes) -> Any:
     return _decoder.decode(payload)
 
 
+def text(value: bytes | str) -> str:
+    """A Redis reply as str (clients here do not decode replies)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def number(value: float) -> str:
     """A float as Lua and Redis read it back exactly."""
     return repr(float(value))
@@ -86,21 +92,25 @@ def encode_record(record: JobRecord) -> list[str | bytes]:
     return pairs
 
 
-def decode_record(raw: Mapping[bytes, bytes]) -> JobRecord | None:
+def decode_record(raw: Mapping[Any, Any]) -> JobRecord | None:
     """The JobRecord stored as hash fields; None for an empty (missing) hash."""
     if not raw:
         return None
     fields: dict[str, Any] = {}
     for key, value in raw.items():
-        name = key.decode()
-        if name == "result":
+        name = text(key)
+        if name == "expires_at":
+            # Redis expires the hash on its own clock; this honours layerq's too.
+            if float(value) <= clock.now():
+                return None
+        elif name == "result":
             fields[name] = decode_value(value)
         elif name in _INT_FIELDS:
             fields[name] = int(value)
         elif name in _FLOAT_FIELDS:
             fields[name] = float(value)
         elif name in JobRecord.__struct_fields__:
-            fields[name] = value.decode()
+            fields[name] = text(value)
     if "id" not in fields or "status" not in fields:
         return None  # a half-written hash (e.g. progress on an expired record)
     fields["status"] = JobStatus(fields["status"])

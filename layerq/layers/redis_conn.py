@@ -116,8 +116,8 @@ async def run(client: redis.asyncio.Redis, calls: Sequence[Call]) -> list[Any]:
                 call = calls[0]
                 if call[0] == "EVALSHA":
                     _, script, keys, args = call
-                    return [await client.evalsha(script.sha, len(keys), *keys, *args)]  # type: ignore[no-untyped-call]
-                return [await client.execute_command(*call)]
+                    return [await client.evalsha(script.sha, len(keys), *keys, *args)]
+                return [await client.execute_command(*call)]  # type: ignore[no-untyped-call]
             async with client.pipeline(transaction=False) as pipe:
                 _queue(pipe, calls)
                 return list(await pipe.execute())

@@ -3,14 +3,17 @@
 -- KEYS[1]  base "{prefix:channel}" (a hash tag: every key below shares its slot)
 --          touches base..":msg" (HASH id -> payload), ":ready" (LIST of ids),
 --          ":delay" (ZSET id -> due), ":exp" (ZSET id -> expiry of plain messages),
---          ":wake" (LIST of wake-up tokens), ":job:"..id (HASH, the job record)
+--          ":wake" (LIST of wake-up tokens), ":job:"..id (HASH, the job record),
+--          ":local" (HASH process-local suffix -> messages stored for it)
 -- ARGV[1]  message id (the job id for job messages)
 -- ARGV[2]  payload (msgpack)
 -- ARGV[3]  now (epoch seconds)
 -- ARGV[4]  due: ready at this time (<= now: ready at once)
 -- ARGV[5]  expires at (0: durable, never expires)
 -- ARGV[6]  capacity: messages the channel may hold (ready, delayed and leased)
--- ARGV[7..] job record field/value pairs (none for plain messages)
+-- ARGV[7]  process-local suffix ('' for other channels): the part after '!', whose
+--          own count is held to the capacity, as every '!' channel shares one list
+-- ARGV[8..] job record field/value pairs (none for plain messages)
 -- Returns 1 stored, 0 channel full (nothing stored), 2 already stored (a retried send).
 local base = KEYS[1]
 local msg = base .. ':msg'
@@ -24,7 +27,15 @@ if redis.call('HEXISTS', msg, id) == 1 then
 end
 
 local capacity = tonumber(ARGV[6])
-if redis.call('HLEN', msg) >= capacity then
+local suffix = ARGV[7]
+local counts = base .. ':local'
+local function stored()
+  if suffix ~= '' then
+    return tonumber(redis.call('HGET', counts, suffix) or '0')
+  end
+  return redis.call('HLEN', msg)
+end
+if stored() >= capacity then
   -- Expired plain messages still count until something removes them; drop a
   -- bounded number before refusing, so a dead channel does not stay full.
   local gone = redis.call('ZRANGEBYSCORE', exp, '-inf', now, 'LIMIT', 0, 100)
@@ -32,13 +43,20 @@ if redis.call('HLEN', msg) >= capacity then
     redis.call('HDEL', msg, old)
     redis.call('LREM', ready, 1, old)
     redis.call('ZREM', exp, old)
+    local owner = string.match(old, '^%.[^!]*!(.+)$')
+    if owner and redis.call('HINCRBY', counts, owner, -1) <= 0 then
+      redis.call('HDEL', counts, owner)
+    end
   end
-  if redis.call('HLEN', msg) >= capacity then
+  if stored() >= capacity then
     return 0
   end
 end
 
 redis.call('HSET', msg, id, ARGV[2])
+if suffix ~= '' then
+  redis.call('HINCRBY', counts, suffix, 1)
+end
 local due = tonumber(ARGV[4])
 if due > now then
   redis.call('ZADD', base .. ':delay', due, id)
@@ -49,10 +67,10 @@ local expires = tonumber(ARGV[5])
 if expires > 0 then
   redis.call('ZADD', exp, expires, id)
 end
-if #ARGV > 6 then
+if #ARGV > 7 then
   local record = base .. ':job:' .. id
   redis.call('DEL', record)
-  redis.call('HSET', record, unpack(ARGV, 7, #ARGV))
+  redis.call('HSET', record, unpack(ARGV, 8, #ARGV))
 end
 -- One token per message wakes one blocked receiver; the cap bounds the
 -- spurious wake-ups left behind when nobody was waiting.

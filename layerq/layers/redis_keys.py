@@ -53,7 +53,7 @@ def load_scripts() -> dict[str, Script]:
     scripts = {}
     for name in SCRIPT_NAMES:
         source = Path(__file__).with_name(f"redis_{name}.lua").read_text(encoding="utf-8")
-        sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA1
+        sha = hashlib.sha1(source.encode()).hexdigest()
         scripts[name] = Script(name, source, sha)
     return scripts
 

@@ -4,7 +4,7 @@
 --          ":msg", ":ready", ":att", ":rel", ":wake", ":job:"..id
 -- ARGV[1]  now (epoch seconds)
 -- ARGV[2..] ids to requeue; none: the oldest 1000
--- Returns the number requeued.
+-- Returns the ids requeued.
 local base = KEYS[1]
 local dead = base .. ':dead'
 local ids
@@ -13,7 +13,7 @@ if #ARGV > 1 then
 else
   ids = redis.call('ZRANGE', base .. ':deadq', 0, 999)
 end
-local count = 0
+local done = {}
 for _, id in ipairs(ids) do
   local payload = redis.call('HGET', dead, id)
   if payload then
@@ -32,13 +32,13 @@ for _, id in ipairs(ids) do
     if redis.call('EXISTS', record) == 1 then
       redis.call('HSET', record, 'status', 'queued', 'attempt', 0)
       redis.call('HDEL', record, 'started_at', 'finished_at', 'result', 'error_type',
-        'error_message', 'progress', 'progress_message')
+        'error_message', 'progress', 'progress_message', 'expires_at')
       redis.call('PERSIST', record)
     end
-    count = count + 1
+    done[#done + 1] = id
   end
 end
-if count > 0 then
+if #done > 0 then
   redis.call('RPUSH', base .. ':wake', '1')
 end
-return count
+return done

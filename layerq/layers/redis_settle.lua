@@ -4,7 +4,8 @@
 -- KEYS[1]  base "{prefix:channel}"; touches base..":lease", ":att", ":rel",
 --          ":recl", ":msg", ":ready", ":delay", ":wake", ":dead" (HASH id ->
 --          payload), ":deadinfo" (HASH id -> msgpack [reason, failed_at, job_id]),
---          ":deadq" (ZSET id -> failed_at), ":job:"..id (the job record)
+--          ":deadq" (ZSET id -> failed_at), ":job:"..id (the job record; its
+--          expires_at field mirrors the Redis TTL on layerq's clock, for tests)
 -- ARGV[1]  op: ack | retry | release | dead | extend
 -- ARGV[2]  message id
 -- ARGV[3]  lease token (the delivery count handed out by claim)
@@ -47,7 +48,8 @@ if op == 'ack' then
   redis.call('HDEL', att, id)
   redis.call('HDEL', base .. ':rel', id)
   if has_record then
-    redis.call('HSET', record, 'status', 'succeeded', 'finished_at', ARGV[4], 'result', ARGV[6])
+    redis.call('HSET', record, 'status', 'succeeded', 'finished_at', ARGV[4], 'result', ARGV[6],
+      'progress', '1.0', 'expires_at', ARGV[4] + ARGV[5] / 1000)
     redis.call('HDEL', record, 'error_type', 'error_message')
     redis.call('PEXPIRE', record, ARGV[5])
   end
@@ -82,7 +84,7 @@ elseif op == 'dead' then
   redis.call('HDEL', base .. ':rel', id)
   if has_record then
     redis.call('HSET', record, 'status', 'failed', 'finished_at', ARGV[4],
-      'error_type', ARGV[6], 'error_message', ARGV[7])
+      'error_type', ARGV[6], 'error_message', ARGV[7], 'expires_at', ARGV[4] + ARGV[5] / 1000)
     redis.call('PEXPIRE', record, ARGV[5])
   end
 else

@@ -151,12 +151,12 @@ class SQLiteChannelLayer(QueueLayer):
     async def receive(self, channel: str) -> dict[str, Any]:
         """The next message on ``channel``, at most once; waits until there is one."""
         self.require_valid_channel_name(channel)
-        buffered = self._buffers.get(channel)
-        if buffered:
-            return buffered.popleft()
         async with self._waiting().subscribe([channel]) as ready:
             while True:
                 ready.clear()
+                buffered = self._buffers.get(channel)
+                if buffered:
+                    return buffered.popleft()
                 future = asyncio.get_running_loop().run_in_executor(
                     self._pool, functools.partial(self._pop, channel)
                 )
@@ -170,10 +170,12 @@ class SQLiteChannelLayer(QueueLayer):
                 await ready.wait()
 
     def _keep(self, channel: str, future: asyncio.Future[dict[str, Any] | None]) -> None:
+        """Buffer what a cancelled receive() popped, and wake the next receiver."""
         if not future.cancelled() and future.exception() is None:
             message = future.result()
             if message is not None:
                 self._buffers.setdefault(channel, deque()).append(message)
+                self._waiting().wake([channel])
 
     def _pop(self, channel: str) -> dict[str, Any] | None:
         def pop(db: sqlite3.Connection) -> bytes | None:

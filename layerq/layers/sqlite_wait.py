@@ -51,7 +51,8 @@ class Waiters:
                     if not members:
                         del self._events[channel]
 
-    def _wake(self, channels: Sequence[str]) -> None:
+    def wake(self, channels: Sequence[str]) -> None:
+        """Set the events of everyone waiting on ``channels``."""
         for channel in channels:
             for event in self._events.get(channel, ()):
                 event.set()
@@ -69,7 +70,7 @@ class Waiters:
                 if current != version or loop.time() - last_scan >= SLOW_TICK:
                     version = current
                     last_scan = loop.time()
-                    self._wake(_ready_channels(db, list(self._events)))
+                    self.wake(_ready_channels(db, list(self._events)))
                 await asyncio.sleep(TICK)
         finally:
             db.close()

@@ -8,7 +8,7 @@ from typing import Any
 
 import layerq
 
-from .events import Add, Fail, Flaky, Multiply, Sleep, Steps, SyncAdd, SyncSleep
+from .events import Add, Again, Fail, Flaky, Multiply, Sleep, Steps, SyncAdd, SyncSleep
 
 
 def _mark(marker: str) -> None:
@@ -32,6 +32,11 @@ class MathWorker(layerq.AsyncWorkerConsumer):
     async def math_flaky(self, event: Flaky) -> int:
         if self.job.attempt < event.succeed_on:
             raise RuntimeError(f"attempt {self.job.attempt} fails")
+        return self.job.attempt
+
+    async def math_again(self, event: Again) -> int:
+        if self.job.attempt == 1:
+            raise layerq.Retry(delay=0.05, reason="not yet")
         return self.job.attempt
 
     async def math_raw(self, message: dict[str, Any]) -> str:

@@ -40,3 +40,7 @@ class SyncAdd(layerq.Event, type="sync.add", channel="sync"):
 
 class SyncSleep(layerq.Event, type="sync.sleep", channel="sync"):
     seconds: float
+
+
+class Again(layerq.Event, type="math.again", channel="math"):
+    """Asks for a retry (layerq.Retry) on its first attempt."""

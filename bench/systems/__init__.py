@@ -1,0 +1,99 @@
+"""The systems under test: one adapter module each, and the registry the harness reads.
+
+Nothing here imports a queue library: the harness imports this package, and
+each adapter runs in its own interpreter (see bench/systems/common.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class System:
+    """One row of the results table."""
+
+    key: str  #: the name --systems takes
+    label: str  #: the row name in the table
+    module: str  #: the adapter, run as ``python -m MODULE COMMAND``
+    variant: str = ""  #: passed to the adapter in its Config
+    venv: str | None = None  #: bench/requirements/VENV.txt; None: the harness's interpreter
+    in_process: bool = False  #: producer and worker share one process (``inproc`` command)
+    note: str = ""  #: how it was configured, printed under the table
+
+    def unavailable(self) -> str | None:
+        """Why this system cannot run here, or None."""
+        if self.key == "layerq-redis" and importlib.util.find_spec("layerq.layers.redis") is None:
+            return "layerq.layers.redis does not exist yet"
+        return None
+
+
+SYSTEMS = [
+    System(
+        "floor", "redis-py LPUSH/BRPOP (floor)", "bench.systems.floor",
+        note="bare redis-py loop, JSON bodies, a reply list per job; no ack, retries or records",
+    ),
+    System(
+        "layerq-sqlite", "layerq SQLite", "bench.systems.layerq_system", "sqlite",
+        note="SQLiteChannelLayer in a temp file; runworker defaults (8 slots, signed, leased);"
+        " result via job.result()",
+    ),
+    System(
+        "layerq-inmemory", "layerq basic, InMemory (in-process)", "bench.systems.layerq_system",
+        "inmemory", in_process=True,
+        note="InMemoryChannelLayer, at-most-once; producer and worker share ONE process;"
+        " result = the layerq.job.succeeded group notification; RSS is that shared process",
+    ),
+    System(
+        "layerq-redis", "layerq Redis", "bench.systems.layerq_system", "redis",
+        note="layerq RedisChannelLayer; runworker defaults; result via job.result()",
+    ),
+    System(
+        "celery-solo", "Celery (solo pool)", "bench.systems.celery_system", "solo", venv="celery",
+        note="redis broker and result backend, --pool solo, prefetch multiplier 4 (default);"
+        " result via AsyncResult.get()",
+    ),
+    System(
+        "celery-threads", "Celery (threads pool)", "bench.systems.celery_system", "threads",
+        venv="celery",
+        note="as solo but --pool threads --concurrency 8",
+    ),
+    System(
+        "rq", "RQ (SimpleWorker)", "bench.systems.rq_system", venv="rq",
+        note="SimpleWorker (no fork per job); result via Job.latest_result(timeout=)",
+    ),
+    System(
+        "dramatiq", "Dramatiq", "bench.systems.dramatiq_system", venv="dramatiq",
+        note="RedisBroker, Results middleware (RedisBackend), 1 process x 8 threads;"
+        " result via message.get_result(block=True)",
+    ),
+    System(
+        "arq", "arq", "bench.systems.arq_system", venv="arq",
+        note="max_jobs 10 (default); worker poll_delay 0.5 s and job.result() poll 0.5 s"
+        " (defaults)",
+    ),
+    System(
+        "arq-fastpoll", "arq (10 ms poll)", "bench.systems.arq_system", "fastpoll", venv="arq",
+        note="as arq, with worker poll_delay and job.result(poll_delay=) at 10 ms",
+    ),
+    System(
+        "huey", "Huey (RedisHuey)", "bench.systems.huey_system", venv="huey",
+        note="RedisHuey (blocking BRPOP), 1 worker thread (default); result via"
+        " result.get(blocking=True) (polls from 0.1 s, backoff 1.15)",
+    ),
+    System(
+        "channels", "Channels runworker + channels_redis", "bench.systems.channels_system",
+        venv="channels",
+        note="RedisChannelLayer capacity 100k, expiry 600 s; no results: the consumer"
+        " sends a reply message to the producer's channel",
+    ),
+]
+
+
+def by_key(key: str) -> System:
+    """The system named ``key``; KeyError listing the known ones."""
+    for system in SYSTEMS:
+        if system.key == key:
+            return system
+    raise KeyError(f"unknown system {key!r}; known: {', '.join(s.key for s in SYSTEMS)}")

@@ -1,0 +1,164 @@
+"""What every system adapter shares: its configuration, timing loops, and entry point.
+
+An adapter module runs inside its system's virtualenv as
+``python -m bench.systems.NAME COMMAND``, with the run's settings as JSON in
+``$BENCH_CONFIG``. Commands:
+
+``enqueue``
+    send ``jobs`` no-op jobs of phase ``drain`` (no worker runs yet); report rates.
+``worker``
+    run one worker process until SIGTERM/SIGINT.
+``latency``
+    send ``latency_jobs`` jobs one at a time, each after the previous result.
+``inproc``
+    all of the above in one process, for layers that cannot cross processes.
+
+Each command writes ``$BENCH_DIR/COMMAND.json``. Stdlib only: the module is
+imported by every venv.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+#: the queue / channel / list name every system uses
+QUEUE = "bench"
+DRAIN = "drain"
+LATENCY = "latency"
+#: how long the latency producer waits for one result before giving up
+RESULT_TIMEOUT = 30.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Config:
+    """One run's settings, as the harness passed them."""
+
+    redis_url: str
+    directory: str
+    jobs: int
+    sync_jobs: int  #: of ``jobs``, how many go through the sync path (where there is one)
+    latency_jobs: int
+    variant: str = ""
+
+    @classmethod
+    def from_env(cls) -> Config:
+        return cls(**json.loads(os.environ["BENCH_CONFIG"]))
+
+    def to_env(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @property
+    def path(self) -> Path:
+        return Path(self.directory)
+
+
+def payload(phase: str, index: int, total: int) -> dict[str, Any]:
+    """The arguments of one no-op job: enough for the handler to stamp it."""
+    return {"phase": phase, "i": index, "n": total}
+
+
+def rate(count: int, seconds: float) -> float | None:
+    """Operations per second, None when nothing was timed."""
+    return count / seconds if count and seconds > 0 else None
+
+
+def timed(send: Callable[[int], object], indices: Sequence[int]) -> float | None:
+    """Call ``send(i)`` for each index; the calls per second."""
+    began = time.perf_counter()
+    for index in indices:
+        send(index)
+    return rate(len(indices), time.perf_counter() - began)
+
+
+async def atimed(send: Callable[[int], Awaitable[object]], indices: Sequence[int]) -> float | None:
+    """:func:`timed` for coroutines, awaited one after the other."""
+    began = time.perf_counter()
+    for index in indices:
+        await send(index)
+    return rate(len(indices), time.perf_counter() - began)
+
+
+def split(config: Config) -> tuple[range, range]:
+    """The drain jobs sent through the sync path, and those sent through the main path."""
+    sync = min(config.sync_jobs, config.jobs)
+    return range(sync), range(sync, config.jobs)
+
+
+def sequential(config: Config, round_trip: Callable[[int], object]) -> list[list[float]]:
+    """Run ``round_trip(i)`` (send job i, wait for its result) for every latency job.
+
+    Returns ``[enqueued, result_seen]`` epoch seconds per job; the handler's
+    own stamp (the start) is written by the worker.
+    """
+    times = []
+    for index in range(config.latency_jobs):
+        sent = time.time()
+        round_trip(index)
+        times.append([sent, time.time()])
+    return times
+
+
+async def asequential(
+    config: Config, round_trip: Callable[[int], Awaitable[object]]
+) -> list[list[float]]:
+    """:func:`sequential` for coroutines."""
+    times = []
+    for index in range(config.latency_jobs):
+        sent = time.time()
+        await round_trip(index)
+        times.append([sent, time.time()])
+    return times
+
+
+def rss_mb() -> float:
+    """This process's resident set size in MB (for in-process systems)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def versions(packages: Sequence[str]) -> dict[str, str]:
+    """Installed versions of ``packages`` in this interpreter, plus Python's."""
+    found = {"python": sys.version.split()[0]}
+    for name in packages:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "?"
+    return found
+
+
+class Adapter(Protocol):
+    """What a system module offers (module-level functions; unused ones may be absent)."""
+
+    PACKAGES: Sequence[str]
+
+    def enqueue(self, config: Config) -> dict[str, Any]: ...
+    def worker(self, config: Config) -> None: ...
+    def latency(self, config: Config) -> list[list[float]]: ...
+
+
+def main(module: Any, argv: Sequence[str] | None = None) -> None:
+    """Run ``COMMAND`` of an adapter module and write its JSON report."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1 or not hasattr(module, args[0]):
+        sys.exit(f"usage: python -m {module.__name__} enqueue|worker|latency|inproc")
+    command = args[0]
+    config = Config.from_env()
+    report: Any = getattr(module, command)(config)
+    if command == "worker":
+        return
+    if command == "latency":
+        report = {"times": report}
+    report["versions"] = versions(module.PACKAGES)
+    out = config.path / f"{command}.json"
+    out.write_text(json.dumps(report))

@@ -1,0 +1,79 @@
+"""The floor: a bare redis-py LPUSH / BRPOP loop, JSON bodies, a reply list per job.
+
+No acknowledgement, retries or records: what a queue costs before it does
+anything a queue is for.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from typing import Any
+
+import redis
+
+from bench import recorder
+from bench.systems.common import (
+    DRAIN,
+    LATENCY,
+    QUEUE,
+    RESULT_TIMEOUT,
+    Config,
+    main,
+    payload,
+    sequential,
+    timed,
+)
+
+PACKAGES = ["redis"]
+#: BRPOP timeout: how often an idle worker looks at its stop flag
+POP_TIMEOUT = 1
+
+
+def _client(config: Config) -> redis.Redis:
+    return redis.Redis.from_url(config.redis_url, socket_timeout=POP_TIMEOUT + 5)
+
+
+def enqueue(config: Config) -> dict[str, Any]:
+    client = _client(config)
+
+    def send(index: int) -> None:
+        client.lpush(QUEUE, json.dumps(payload(DRAIN, index, config.jobs)))
+
+    return {"enqueue": timed(send, range(config.jobs))}
+
+
+def worker(config: Config) -> None:
+    client = _client(config)
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping:
+        popped = client.brpop([QUEUE], timeout=POP_TIMEOUT)
+        if popped is None:
+            continue
+        job = json.loads(popped[1])
+        started = recorder.mark(job["phase"], job["i"], job["n"])
+        if job["phase"] == LATENCY:
+            client.lpush(f"{QUEUE}:reply:{job['i']}", json.dumps({"started": started}))
+
+
+def latency(config: Config) -> list[list[float]]:
+    client = _client(config)
+
+    def round_trip(index: int) -> None:
+        client.lpush(QUEUE, json.dumps(payload(LATENCY, index, config.latency_jobs)))
+        if client.brpop([f"{QUEUE}:reply:{index}"], timeout=RESULT_TIMEOUT) is None:
+            raise TimeoutError(f"no reply for job {index}")
+
+    return sequential(config, round_trip)
+
+
+if __name__ == "__main__":
+    main(sys.modules[__name__])

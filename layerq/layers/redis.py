@@ -1,0 +1,667 @@
+"""RedisChannelLayer: a Channels layer on Redis that is also a durable queue.
+
+Configured as channels_redis is::
+
+    "BACKEND": "layerq.layers.RedisChannelLayer",
+    "CONFIG": {"hosts": ["redis://localhost:6379/0"], "prefix": "asgi"},
+
+Key layout and scripts: :mod:`layerq.layers.redis_keys` and the
+``redis_*.lua`` files. Each message lives once in a per-channel hash; the ready
+list, the delay and lease sets hold only ids, and every move between them is one
+Lua script, so a crash between two commands cannot duplicate or lose a message.
+
+Waiting: a receiver runs the (non-blocking) take script, and when nothing is
+ready it BLPOPs the channel's wake list, which every store pushes a token to.
+Wake tokens carry no data, so a cancelled or retried BLPOP loses nothing.
+
+Faults: redis-py retries connection errors (bounded, jittered backoff,
+reconnecting as needed); past the bound an operation raises
+:class:`~layerq.errors.TransportError`. ``claim`` keeps retrying until its
+``wait`` has passed and only then raises TransportError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+import weakref
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from .. import clock
+from ..conf import get_settings
+from ..errors import ConfigurationError, QueueFull, TransportError
+from ..jobs import JobRecord
+from .base import EXTENSION, DeadLetter, Delivery, QueueLayer
+from .redis_codec import (
+    LOCAL_CHANNEL_KEY,
+    decode_message,
+    decode_record,
+    decode_value,
+    encode_message,
+    encode_record,
+    encode_value,
+    job_id_of,
+    new_message_id,
+    number,
+    text,
+)
+from .redis_conn import BLOCK_MAX, Call, async_client, run, run_sync, sync_client, transport_errors
+from .redis_keys import (
+    channel_base,
+    group_key,
+    load_scripts,
+    locator_key,
+    parse_hosts,
+    pick_host,
+    record_key,
+    scan_patterns,
+)
+from .redis_wait import (
+    LocalBox,
+    LoopState,
+    Row,
+    block,
+    block_for,
+    close_state,
+    close_with_loop,
+    messages,
+    receive_local,
+    take,
+)
+
+#: job id -> channel, for jobs this process sent or claimed; cleared when full
+_CHANNEL_CACHE_SIZE = 10_000
+
+
+class RedisChannelLayer(QueueLayer):
+    """A Channels layer on one or more Redis servers, with leases and job records."""
+
+    extensions = ["groups", "flush", EXTENSION]
+
+    def __init__(
+        self,
+        hosts: Sequence[Any] | None = None,
+        prefix: str = "asgi",
+        expiry: float = 60,
+        group_expiry: int = 86400,
+        capacity: int = 100_000,
+        channel_capacity: dict[Any, int] | None = None,
+        connection_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs:
+            raise ConfigurationError(
+                f"RedisChannelLayer does not take {sorted(kwargs)}; see layerq.layers.redis"
+            )
+        super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
+        self.channel_capacity = self.compile_capacities(channel_capacity or {})
+        self.hosts = parse_hosts(hosts)
+        self.prefix = prefix
+        self.group_expiry = group_expiry
+        self.client_prefix = secrets.token_hex(6)
+        self._connection_kwargs = dict(connection_kwargs or {})
+        self._scripts = load_scripts()
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopState] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._sync_clients: list[redis.Redis] | None = None
+        self._sync_lock = threading.Lock()
+        self._job_channels: dict[str, str] = {}
+
+    # --- plumbing -----------------------------------------------------------
+
+    def _state(self) -> LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            clients = [async_client(host, self._connection_kwargs) for host in self.hosts]
+            state = self._loops[loop] = LoopState(clients)
+            close_with_loop(loop, self._loops)
+        return state
+
+    def _sync(self, index: int) -> redis.Redis:
+        if self._sync_clients is None:
+            with self._sync_lock:
+                if self._sync_clients is None:
+                    self._sync_clients = [
+                        sync_client(host, self._connection_kwargs) for host in self.hosts
+                    ]
+        return self._sync_clients[index]
+
+    def _host(self, name: str) -> int:
+        return pick_host(name, self.hosts)
+
+    def _base(self, channel: str) -> tuple[int, str]:
+        key = self.non_local_name(channel)
+        return self._host(key), channel_base(self.prefix, key)
+
+    def _remember(self, job_id: str, channel: str) -> None:
+        if len(self._job_channels) >= _CHANNEL_CACHE_SIZE:
+            self._job_channels.clear()
+        self._job_channels[job_id] = self.non_local_name(channel)
+
+    def _store_call(
+        self,
+        channel: str,
+        message: dict[str, Any],
+        now: float,
+        record: JobRecord | None = None,
+        delay: float = 0.0,
+    ) -> Call:
+        job_id = record.id if record is not None else job_id_of(message)
+        message_id, suffix = job_id or new_message_id(), ""
+        if "!" in channel:
+            message = {**message, LOCAL_CHANNEL_KEY: channel}
+            if job_id is None:
+                # Every '!' channel of a process shares one list; the suffix in
+                # the id lets the scripts hold each one to its own capacity.
+                suffix = channel[channel.index("!") + 1 :]
+                message_id = f"{message_id}!{suffix}"
+        payload = encode_message(message)
+        expires = "0" if job_id else number(now + self.expiry)
+        args: list[Any] = [
+            message_id,
+            payload,
+            number(now),
+            number(now + delay),
+            expires,
+            self.get_capacity(channel),
+            suffix,
+        ]
+        if record is not None:
+            args += encode_record(record)
+        return ("EVALSHA", self._scripts["enqueue"], [self._base(channel)[1]], args)
+
+    def _settle_call(self, delivery: Delivery, op: str, *extra: Any) -> Call:
+        base = self._base(delivery.channel)[1]
+        args = [op, delivery.id, delivery.token, number(clock.now()), *extra]
+        return ("EVALSHA", self._scripts["settle"], [base], args)
+
+    # --- Channels layer spec ------------------------------------------------
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to ``channel``; QueueFull (a ChannelFull) at capacity."""
+        self.require_valid_channel_name(channel)
+        call = self._store_call(channel, message, clock.now())
+        client = self._state().clients[self._base(channel)[0]]
+        with transport_errors("send"):
+            (stored,) = await run(client, [call])
+        if stored == 0:
+            raise QueueFull(f"channel {channel!r} is at capacity")
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """The next message of ``channel``, removed from Redis (at most once)."""
+        self.require_valid_channel_name(channel)
+        state = self._state()
+        if "!" in channel:
+            key = self.non_local_name(channel)
+            box = state.local.setdefault(key, LocalBox())
+            return await receive_local(box, channel, lambda: self._read_local(state, key, box))
+        buffer = state.buffers.setdefault(channel, deque())
+        index, base = self._base(channel)
+        client, script = state.clients[index], self._scripts["claim"]
+        while True:
+            if buffer:
+                return buffer.popleft()
+            with transport_errors("receive"):
+                rows, next_due = await take(
+                    client, script, base, 1, 0.0, lambda rows: buffer.extend(messages(rows))
+                )
+            if rows:
+                return messages(rows)[0]
+            with transport_errors("receive"):
+                await block(state.clients, [(index, base)], block_for(next_due, BLOCK_MAX))
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        """A new process-local channel name: ``prefix.<client>!<random>``."""
+        return f"{prefix}.{self.client_prefix}!{secrets.token_hex(12)}"
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add ``channel`` to ``group`` for ``group_expiry`` seconds."""
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        key = group_key(self.prefix, group)
+        client = self._state().clients[self._host(group)]
+        calls: list[Call] = [
+            ("ZADD", key, number(clock.now()), channel),
+            ("EXPIRE", key, int(self.group_expiry)),
+        ]
+        with transport_errors("group_add"):
+            await run(client, calls)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group``."""
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        client = self._state().clients[self._host(group)]
+        with transport_errors("group_discard"):
+            await run(client, [("ZREM", group_key(self.prefix, group), channel)])
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """Send to every member of ``group``; full members miss it, nothing raises."""
+        self.require_valid_group_name(group)
+        encode_message(message)  # refuse a bad message once, not per member
+        state = self._state()
+        key = group_key(self.prefix, group)
+        now = clock.now()
+        calls: list[Call] = [
+            ("ZREMRANGEBYSCORE", key, "-inf", number(now - self.group_expiry)),
+            ("ZRANGE", key, 0, -1),
+        ]
+        with transport_errors("group_send"):
+            _, members = await run(state.clients[self._host(group)], calls)
+        by_host: dict[int, list[Call]] = {}
+        for member in members:
+            channel = member.decode()
+            by_host.setdefault(self._base(channel)[0], []).append(
+                self._store_call(channel, message, now)
+            )
+        with transport_errors("group_send"):
+            # A full member returns 0 from the script: dropped, as the spec says.
+            await asyncio.gather(
+                *(run(state.clients[index], batch) for index, batch in by_host.items())
+            )
+
+    async def flush(self) -> None:
+        """Delete every key of this prefix (SCAN, never KEYS) and local buffers."""
+        state = self._state()
+        for client in state.clients:
+            with transport_errors("flush"):
+                for pattern in scan_patterns(self.prefix):
+                    batch: list[bytes] = []
+                    async for key in client.scan_iter(match=pattern, count=1000):
+                        batch.append(key)
+                        if len(batch) >= 500:
+                            await client.unlink(*batch)
+                            batch = []
+                    if batch:
+                        await client.unlink(*batch)
+        state.buffers.clear()
+        for box in state.local.values():
+            box.queues.clear()
+        self._job_channels.clear()
+
+    async def close(self) -> None:
+        """Stop local readers and close this loop's connections (and the sync ones)."""
+        loop = asyncio.get_running_loop()
+        state = self._loops.pop(loop, None)
+        if state is not None:
+            await close_state(state)
+        with self._sync_lock:
+            clients, self._sync_clients = self._sync_clients, None
+        for client in clients or ():
+            client.close()
+
+    close_pools = close  # the channels_redis name
+
+    async def _read_local(self, state: LoopState, key: str, box: LocalBox) -> None:
+        """Take messages for this process's ``!`` channels and hand them out."""
+        index, base = self._host(key), channel_base(self.prefix, key)
+        client, script = state.clients[index], self._scripts["claim"]
+        try:
+            while box.waiters > 0:
+                with transport_errors("receive"):
+                    rows, next_due = await take(client, script, base, 100, 0.0, box.dispatch)
+                    box.dispatch(rows)
+                    if not rows:
+                        await block(state.clients, [(index, base)], block_for(next_due, BLOCK_MAX))
+        finally:
+            box.signal()
+
+    # --- producer side --------------------------------------------------------
+
+    async def enqueue(
+        self, channel: str, message: dict[str, Any], record: JobRecord, delay: float = 0.0
+    ) -> None:
+        """Store ``message`` and its queued ``record`` atomically; QueueFull at capacity."""
+        self.require_valid_channel_name(channel)
+        calls = self._enqueue_calls(channel, message, record, delay)
+        client = self._state().clients[self._base(channel)[0]]
+        with transport_errors("enqueue"):
+            stored, _ = await run(client, calls)
+            if stored == 0:
+                await run(client, [("DEL", locator_key(self.prefix, record.id))])
+        self._after_enqueue(channel, record, stored)
+
+    def enqueue_sync(
+        self, channel: str, message: dict[str, Any], record: JobRecord, delay: float = 0.0
+    ) -> None:
+        """:meth:`enqueue` from sync code, on a sync client: no event loop."""
+        self.require_valid_channel_name(channel)
+        calls = self._enqueue_calls(channel, message, record, delay)
+        client = self._sync(self._base(channel)[0])
+        with transport_errors("enqueue"):
+            stored, _ = run_sync(client, calls)
+            if stored == 0:
+                run_sync(client, [("DEL", locator_key(self.prefix, record.id))])
+        self._after_enqueue(channel, record, stored)
+
+    def _enqueue_calls(
+        self, channel: str, message: dict[str, Any], record: JobRecord, delay: float
+    ) -> list[Call]:
+        store = self._store_call(channel, message, clock.now(), record, max(0.0, delay))
+        # The locator lets get_record(job_id) find the channel; it is written in
+        # the same round trip but outside the script, as it lives in another slot.
+        locate: Call = ("SET", locator_key(self.prefix, record.id), self.non_local_name(channel))
+        return [store, locate]
+
+    def _after_enqueue(self, channel: str, record: JobRecord, stored: int) -> None:
+        if stored == 0:
+            raise QueueFull(f"channel {channel!r} is at capacity")
+        self._remember(record.id, channel)
+
+    # --- worker side -----------------------------------------------------------
+
+    async def claim(
+        self, channels: Sequence[str], limit: int, lease: float, wait: float
+    ) -> list[Delivery]:
+        """Lease up to ``limit`` messages; wait up to ``wait`` s for the first.
+
+        During an outage it retries until ``wait`` has passed, then raises
+        TransportError.
+        """
+        names = list(channels)
+        for name in names:
+            self.require_valid_channel_name(name)
+        state = self._state()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + wait
+        failures = 0
+        while True:
+            try:
+                deliveries, next_due = await self._claim_once(state, names, limit, lease)
+                if deliveries or loop.time() >= end:
+                    return deliveries
+                timeout = block_for(next_due, min(BLOCK_MAX, end - loop.time()))
+                with transport_errors("claim"):
+                    await block(state.clients, [self._base(n) for n in names], timeout)
+                failures = 0
+            except TransportError:
+                failures += 1
+                if loop.time() >= end:
+                    raise
+                await asyncio.sleep(min(0.05 * 2**failures, 1.0, end - loop.time()))
+
+    async def _claim_once(
+        self, state: LoopState, names: list[str], limit: int, lease: float
+    ) -> tuple[list[Delivery], float | None]:
+        # Rotating the starting channel keeps one busy channel from starving the rest.
+        state.rotation += 1
+        start = state.rotation % len(names)
+        deliveries: list[Delivery] = []
+        next_due: float | None = None
+        for name in names[start:] + names[:start]:
+            if len(deliveries) >= limit:
+                break
+            index, base = self._base(name)
+
+            def orphan(rows: list[Row], name: str = name) -> None:
+                state.spawn(self.release(self._deliveries(name, rows)))
+
+            with transport_errors("claim"):
+                rows, due = await take(
+                    state.clients[index],
+                    self._scripts["claim"],
+                    base,
+                    limit - len(deliveries),
+                    lease,
+                    orphan,
+                )
+            deliveries += self._deliveries(name, rows)
+            if due is not None and (next_due is None or due < next_due):
+                next_due = due
+        return deliveries, next_due
+
+    def _deliveries(self, channel: str, rows: list[Row]) -> list[Delivery]:
+        out = []
+        for raw_id, payload, attempt, token, reclaimed in rows:
+            try:
+                message = decode_message(payload)
+            except ValueError:
+                message = {}  # undecodable: the worker dead-letters it, bytes kept
+            target = message.pop(LOCAL_CHANNEL_KEY, channel)
+            job_id = job_id_of(message)
+            if job_id is not None:
+                self._remember(job_id, channel)
+            out.append(
+                Delivery(
+                    id=raw_id.decode(),
+                    channel=target if isinstance(target, str) else channel,
+                    message=message,
+                    attempt=int(attempt),
+                    token=str(token),
+                    reclaimed=bool(reclaimed),
+                    job_id=job_id,
+                )
+            )
+        return out
+
+    async def _settle(self, calls_by_host: dict[int, list[Call]], what: str) -> list[Any]:
+        state = self._state()
+        with transport_errors(what):
+            results = await asyncio.gather(
+                *(run(state.clients[i], calls) for i, calls in calls_by_host.items())
+            )
+        return [item for batch in results for item in batch]
+
+    async def _settle_one(self, delivery: Delivery, what: str, calls: list[Call]) -> bool:
+        (done, *_) = await self._settle({self._base(delivery.channel)[0]: calls}, what)
+        return bool(done)
+
+    def _expire_locator(self, delivery: Delivery, ttl: float) -> list[Call]:
+        # Pipelined with the settle script and run even when the token was stale:
+        # then the job's own final settle sets the expiry again.
+        if delivery.job_id is None:
+            return []
+        return [("PEXPIRE", locator_key(self.prefix, delivery.job_id), _ms(ttl))]
+
+    async def extend(self, deliveries: Sequence[Delivery], lease: float) -> None:
+        """Push the leases of ``deliveries`` to now + ``lease``."""
+        deadline = number(clock.now() + lease)
+        calls: dict[int, list[Call]] = {}
+        for delivery in deliveries:
+            index = self._base(delivery.channel)[0]
+            calls.setdefault(index, []).append(self._settle_call(delivery, "extend", deadline))
+        if calls:
+            await self._settle(calls, "extend")
+
+    async def ack(self, delivery: Delivery, result: Any, ttl: float) -> bool:
+        """Remove the message; record succeeded with ``result`` for ``ttl`` s."""
+        call = self._settle_call(delivery, "ack", _ms(ttl), encode_value(result))
+        return await self._settle_one(delivery, "ack", [call, *self._expire_locator(delivery, ttl)])
+
+    async def retry(
+        self, delivery: Delivery, delay: float, error_type: str, error_message: str
+    ) -> bool:
+        """Return the message, ready after ``delay``; record retrying with the error."""
+        due = number(clock.now() + max(0.0, delay))
+        call = self._settle_call(delivery, "retry", due, error_type, error_message)
+        return await self._settle_one(delivery, "retry", [call])
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Return messages unrun, first in line; the attempt is not counted."""
+        calls: dict[int, list[Call]] = {}
+        for delivery in deliveries:
+            index = self._base(delivery.channel)[0]
+            calls.setdefault(index, []).append(self._settle_call(delivery, "release"))
+        if calls:
+            await self._settle(calls, "release")
+
+    async def dead_letter(
+        self,
+        delivery: Delivery,
+        reason: str,
+        error_type: str,
+        error_message: str,
+        ttl: float,
+    ) -> bool:
+        """Move the message to the dead letters; record failed, kept ``ttl`` s."""
+        info = encode_value([reason, clock.now(), delivery.job_id])
+        call = self._settle_call(delivery, "dead", _ms(ttl), error_type, error_message, info)
+        calls = [call, *self._expire_locator(delivery, ttl)]
+        return await self._settle_one(delivery, "dead_letter", calls)
+
+    # --- records ------------------------------------------------------------------
+
+    async def _locate(self, job_id: str) -> str | None:
+        """The (non-local) channel of ``job_id``, from memory or the locator keys."""
+        cached = self._job_channels.get(job_id)
+        if cached is not None:
+            return cached
+        state = self._state()
+        key = locator_key(self.prefix, job_id)
+        with transport_errors("get_record"):
+            found = await asyncio.gather(*(client.get(key) for client in state.clients))
+        for channel in found:
+            if channel is not None:
+                return text(channel)
+        return None
+
+    def _locate_sync(self, job_id: str) -> str | None:
+        cached = self._job_channels.get(job_id)
+        if cached is not None:
+            return cached
+        key = locator_key(self.prefix, job_id)
+        with transport_errors("get_record"):
+            for index in range(len(self.hosts)):
+                channel = self._sync(index).get(key)
+                if channel is not None:
+                    return text(channel)
+        return None
+
+    async def set_progress(self, job_id: str, progress: float, message: str | None) -> None:
+        """Store a running job's progress (ignored when it has no record)."""
+        channel = await self._locate(job_id)
+        if channel is None:
+            return
+        key = record_key(self.prefix, channel, job_id)
+        args = [number(progress), "0" if message is None else "1", message or ""]
+        client = self._state().clients[self._host(channel)]
+        with transport_errors("set_progress"):
+            await run(client, [("EVALSHA", self._scripts["progress"], [key], args)])
+
+    async def get_record(self, job_id: str) -> JobRecord | None:
+        """The job's record, or None."""
+        channel = await self._locate(job_id)
+        if channel is None:
+            return None
+        client = self._state().clients[self._host(channel)]
+        with transport_errors("get_record"):
+            raw = await client.hgetall(record_key(self.prefix, channel, job_id))
+        return decode_record(raw)
+
+    def get_record_sync(self, job_id: str) -> JobRecord | None:
+        """:meth:`get_record` from sync code."""
+        channel = self._locate_sync(job_id)
+        if channel is None:
+            return None
+        with transport_errors("get_record"):
+            raw = self._sync(self._host(channel)).hgetall(record_key(self.prefix, channel, job_id))
+        return decode_record(raw)
+
+    def _cancel_calls(self, channel: str, job_id: str) -> tuple[list[Call], Call]:
+        ttl = get_settings().result_ttl
+        args = [job_id, number(clock.now()), _ms(ttl)]
+        script: Call = (
+            "EVALSHA",
+            self._scripts["cancel"],
+            [channel_base(self.prefix, channel)],
+            args,
+        )
+        return [script], ("PEXPIRE", locator_key(self.prefix, job_id), _ms(ttl))
+
+    async def cancel(self, job_id: str) -> bool:
+        """Remove a job still waiting (not leased); record cancelled."""
+        channel = await self._locate(job_id)
+        if channel is None:
+            return False
+        calls, expire = self._cancel_calls(channel, job_id)
+        client = self._state().clients[self._host(channel)]
+        with transport_errors("cancel"):
+            (cancelled,) = await run(client, calls)
+            if cancelled:
+                await run(client, [expire])
+        return bool(cancelled)
+
+    def cancel_sync(self, job_id: str) -> bool:
+        """:meth:`cancel` from sync code."""
+        channel = self._locate_sync(job_id)
+        if channel is None:
+            return False
+        calls, expire = self._cancel_calls(channel, job_id)
+        client = self._sync(self._host(channel))
+        with transport_errors("cancel"):
+            (cancelled,) = run_sync(client, calls)
+            if cancelled:
+                run_sync(client, [expire])
+        return bool(cancelled)
+
+    # --- dead letters ---------------------------------------------------------------
+
+    async def dead_letters(self, channel: str, limit: int = 100) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters of ``channel``."""
+        self.require_valid_channel_name(channel)
+        index, base = self._base(channel)
+        client = self._state().clients[index]
+        with transport_errors("dead_letters"):
+            (ids,) = await run(client, [("ZRANGE", f"{base}:deadq", 0, max(0, limit - 1))])
+            if not ids:
+                return []
+            payloads, infos = await run(
+                client, [("HMGET", f"{base}:dead", *ids), ("HMGET", f"{base}:deadinfo", *ids)]
+            )
+        letters = []
+        for raw_id, payload, info in zip(ids, payloads, infos, strict=True):
+            reason, failed_at, job_id = decode_value(info) if info else ("", 0.0, None)
+            try:
+                message: dict[str, Any] | None = decode_message(payload) if payload else None
+            except ValueError:
+                message = None
+            if message is not None:
+                message.pop(LOCAL_CHANNEL_KEY, None)
+            letters.append(DeadLetter(text(raw_id), channel, message, reason, failed_at, job_id))
+        return letters
+
+    async def requeue_dead(self, channel: str, ids: Sequence[str] | None = None) -> int:
+        """Send dead letters (all, or ``ids``) back to ``channel`` from attempt 1."""
+        self.require_valid_channel_name(channel)
+        index, base = self._base(channel)
+        client = self._state().clients[index]
+        script = self._scripts["requeue"]
+        count = 0
+        with transport_errors("requeue_dead"):
+            while True:
+                chosen = list(ids or ())[:1000] if ids is not None else []
+                if ids is not None and not chosen:
+                    break
+                args = [number(clock.now()), *chosen]
+                (done,) = await run(client, [("EVALSHA", script, [base], args)])
+                jobs = [raw.decode() for raw in done if not raw.startswith(b".")]
+                if jobs:
+                    await run(client, [("PERSIST", locator_key(self.prefix, j)) for j in jobs])
+                count += len(done)
+                if ids is not None:
+                    ids = list(ids)[1000:]
+                elif len(done) < 1000:
+                    break
+        return count
+
+    async def pending(self, channel: str) -> int:
+        """Messages stored for ``channel``: ready, delayed and leased."""
+        self.require_valid_channel_name(channel)
+        index, base = self._base(channel)
+        with transport_errors("pending"):
+            return int(await self._state().clients[index].hlen(f"{base}:msg"))
+
+
+# --- helpers -----------------------------------------------------------------------
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))

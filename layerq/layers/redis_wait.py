@@ -1,0 +1,207 @@
+"""Taking and waiting for messages on Redis, without losing any to cancellation.
+
+A receiver runs the (non-blocking) take script; when nothing is ready it
+BLPOPs the channel's wake list, which every store pushes a token to. Wake
+tokens carry no data, so a cancelled or retried BLPOP loses nothing. The take
+script itself runs shielded: if the caller is cancelled after Redis handed
+messages over, they go to an ``orphan`` callback (a buffer, or a release)
+instead of vanishing (channels_redis#348).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import types
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import redis.asyncio
+
+from .. import clock
+from .redis_codec import LOCAL_CHANNEL_KEY, decode_message, number
+from .redis_conn import Call, run
+from .redis_keys import Script
+
+#: (id, payload, attempt, token, reclaimed), one per message, from redis_claim.lua
+Row = list[Any]
+Orphan = Callable[[list[Row]], None]
+
+
+class LocalBox:
+    """Process-local channels sharing one non-local name: one reader, many queues."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, deque[dict[str, Any]]] = {}
+        self.event = asyncio.Event()
+        self.reader: asyncio.Task[None] | None = None
+        self.waiters = 0
+
+    def signal(self) -> None:
+        # A fresh event per generation: waiters that saw the old one wake, and
+        # nobody clears a shared event under another waiter's feet.
+        event, self.event = self.event, asyncio.Event()
+        event.set()
+
+    def dispatch(self, rows: list[Row]) -> None:
+        """Hand taken messages to the queues of their full channel names."""
+        for message in messages(rows):
+            target = message.pop(LOCAL_CHANNEL_KEY, None)
+            if isinstance(target, str):
+                self.queues.setdefault(target, deque()).append(message)
+        self.signal()
+
+
+class LoopState:
+    """Everything bound to one event loop: clients, buffers, local readers."""
+
+    def __init__(self, clients: list[redis.asyncio.Redis]) -> None:
+        self.clients = clients
+        self.buffers: dict[str, deque[dict[str, Any]]] = {}
+        self.local: dict[str, LocalBox] = {}
+        self.background: set[asyncio.Task[Any]] = set()
+        self.rotation = 0
+
+    def spawn(self, coroutine: Awaitable[Any]) -> None:
+        """Run ``coroutine`` in the background, kept referenced until it ends."""
+        task = asyncio.ensure_future(coroutine)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        task.add_done_callback(_consume_exception)
+
+
+async def take(
+    client: redis.asyncio.Redis,
+    script: Script,
+    base: str,
+    limit: int,
+    lease: float,
+    orphan: Orphan,
+) -> tuple[list[Row], float | None]:
+    """Run the take script (lease > 0: claim; 0: receive); also the next due time."""
+    now = clock.now()
+    deadline = number(now + lease) if lease > 0 else "0"
+    call: Call = ("EVALSHA", script, [base], [number(now), limit, deadline])
+    task = asyncio.ensure_future(run(client, [call]))
+    try:
+        ((raw_due, rows),) = await asyncio.shield(task)
+    except asyncio.CancelledError:
+        # The script may have run already; its messages must not vanish.
+        task.add_done_callback(lambda done: _adopt(done, orphan))
+        raise
+    return rows, (float(raw_due) if raw_due else None)
+
+
+async def block(
+    clients: Sequence[redis.asyncio.Redis], bases: Sequence[tuple[int, str]], timeout: float
+) -> None:
+    """Wait up to ``timeout`` s for a wake token on any of ``bases`` (host index, base)."""
+    timeout = max(0.01, round(timeout, 3))
+    by_host: dict[int, list[str]] = {}
+    for index, base in bases:
+        by_host.setdefault(index, []).append(f"{base}:wake")
+    if len(by_host) == 1:
+        ((index, keys),) = by_host.items()
+        await clients[index].blpop(keys, timeout=timeout)
+        return
+    waits = [
+        asyncio.ensure_future(clients[i].blpop(keys, timeout=timeout))
+        for i, keys in by_host.items()
+    ]
+    try:
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+    for wait in done:
+        wait.result()
+
+
+def block_for(next_due: float | None, cap: float) -> float:
+    """How long to block: ``cap``, or less when a delayed message or lease falls due."""
+    if next_due is None:
+        return cap
+    return min(cap, max(0.0, next_due - clock.now()))
+
+
+def messages(rows: list[Row]) -> list[dict[str, Any]]:
+    """The decoded messages of ``rows``; undecodable bytes are skipped."""
+    out = []
+    for _, payload, *_rest in rows:
+        try:
+            out.append(decode_message(payload))
+        except ValueError:
+            continue  # nothing a Channels consumer could be given
+    return out
+
+
+async def receive_local(
+    box: LocalBox, channel: str, reader: Callable[[], Awaitable[None]]
+) -> dict[str, Any]:
+    """The next message of a ``!`` channel, read by the box's (shared) reader."""
+    queue = box.queues.setdefault(channel, deque())
+    box.waiters += 1
+    try:
+        while True:
+            if queue:
+                return queue.popleft()
+            previous = box.reader
+            if previous is not None and previous.done():
+                box.reader = None
+                if not previous.cancelled() and previous.exception() is not None:
+                    raise previous.exception()  # type: ignore[misc]
+            if box.reader is None:
+                box.reader = asyncio.ensure_future(reader())
+                box.reader.add_done_callback(_consume_exception)
+            # No await between the queue check and taking the event: a dispatch
+            # after the check sets exactly this event.
+            await box.event.wait()
+    finally:
+        box.waiters -= 1
+
+
+async def close_state(state: LoopState) -> None:
+    """Stop local readers and background tasks, then close the clients."""
+    readers = [box.reader for box in state.local.values() if box.reader is not None]
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, *state.background, return_exceptions=True)
+    for client in state.clients:
+        await client.aclose()
+
+
+def close_with_loop(
+    loop: asyncio.AbstractEventLoop, states: weakref.WeakKeyDictionary[Any, LoopState]
+) -> None:
+    """Close ``loop``'s connections when it closes (as channels_redis does).
+
+    Loops come and go (``async_to_sync``, tests); connections left open on a
+    closed loop cannot be closed any more and leak.
+    """
+    original = loop.close
+    states_ref = weakref.ref(states)
+
+    def close(self: asyncio.AbstractEventLoop) -> None:
+        owner = states_ref()
+        state = owner.pop(self, None) if owner is not None else None
+        if state is not None and not self.is_closed() and not self.is_running():
+            self.run_until_complete(close_state(state))
+        self.close = original  # type: ignore[method-assign]
+        original()
+
+    loop.close = types.MethodType(close, loop)  # type: ignore[method-assign]
+
+
+def _adopt(task: asyncio.Future[list[Any]], orphan: Orphan) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return
+    ((_, rows),) = task.result()
+    if rows:
+        orphan(rows)
+
+
+def _consume_exception(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

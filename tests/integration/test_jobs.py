@@ -1,0 +1,211 @@
+"""Jobs end to end in one process: send, run, result, retry, dead-letter, notify."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+import layerq
+from layerq.jobs import JobStatus
+from tests.app.events import Add, Again, Fail, Flaky, Multiply, Sleep, Steps, SyncAdd, SyncSleep
+from tests.conftest import running_worker
+
+
+async def test_async_handler_result_reaches_the_producer(layer: Any) -> None:
+    """An event sent with asend() runs and its return value is the result."""
+    job = await Add(a=2, b=3).asend()
+    assert await job.astatus() is JobStatus.QUEUED
+    async with running_worker(["math"]):
+        assert await job.aresult(timeout=10) == 5
+    assert await job.astatus() is JobStatus.SUCCEEDED
+
+
+async def test_sync_handler_runs_in_a_thread_and_reports_progress(layer: Any) -> None:
+    """A WorkerConsumer handler runs, calls progress(), and returns its result."""
+    job = await SyncAdd(a=4, b=5).asend()
+    async with running_worker(["sync"]):
+        assert await job.aresult(timeout=10) == 9
+    assert (await job.arecord()).progress == 1.0
+
+
+async def test_dict_events_and_dict_handlers_work(layer: Any) -> None:
+    """layerq.asend() takes an untyped dict; a dict-annotated handler gets the message."""
+    job = await layerq.asend("math", {"type": "math.raw", "value": 12})
+    async with running_worker(["math"]):
+        assert await job.aresult(timeout=10) == "12"
+
+
+async def test_failing_job_is_retried_then_dead_lettered(layer: Any) -> None:
+    """A handler that always raises runs max_attempts times, then fails with its error."""
+    job = await Fail(message="nope").asend(max_attempts=3)
+    async with running_worker(["math"]):
+        with pytest.raises(layerq.JobFailed) as failed:
+            await job.aresult(timeout=10)
+    assert failed.value.error_type == "ValueError"
+    assert failed.value.error_message == "nope"
+    record = await job.arecord()
+    assert (record.status, record.attempt) == (JobStatus.FAILED, 3)
+    [letter] = await layer.dead_letters("math")
+    assert letter.job_id == job.id
+    assert "ValueError: nope" in letter.reason
+
+
+async def test_flaky_job_succeeds_on_a_later_attempt(layer: Any) -> None:
+    """A job that fails twice then succeeds ends succeeded on attempt 3."""
+    job = await Flaky(succeed_on=3).asend(max_attempts=5)
+    async with running_worker(["math"]):
+        assert await job.aresult(timeout=10) == 3
+
+
+async def test_timeout_fails_a_job_that_runs_too_long(layer: Any) -> None:
+    """A job past its timeout is stopped and ends failed with TimeoutError."""
+    job = await Sleep(seconds=5).asend(timeout=0.2, max_attempts=1)
+    async with running_worker(["slow"]):
+        with pytest.raises(layerq.JobFailed) as failed:
+            await job.aresult(timeout=10)
+    assert failed.value.error_type == "TimeoutError"
+
+
+async def test_delayed_job_waits_before_running(layer: Any) -> None:
+    """A job sent with delay= does not start before the delay."""
+    job = await Add(a=1, b=1).asend(delay=0.5)
+    async with running_worker(["math"]):
+        await asyncio.sleep(0.25)
+        assert await job.astatus() is JobStatus.QUEUED
+        assert await job.aresult(timeout=10) == 2
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ({"type": "math.unknown"}, "UnknownEventType"),
+        ({"type": "math.add", "a": "x", "b": 1}, "InvalidEvent"),
+        ({"type": "math.add", "a": 1, "b": 2}, "unsigned"),
+    ],
+)
+async def test_unhandleable_messages_are_dead_lettered_with_a_reason(
+    layer: Any, message: dict[str, Any], reason: str
+) -> None:
+    """Unknown types, invalid fields and unsigned messages go to the dead letters."""
+    from layerq import clock
+    from layerq.events import Envelope, build_message, new_job_id
+    from layerq.jobs import JobRecord
+
+    job_id = new_job_id()
+    fields = {k: v for k, v in message.items() if k != "type"}
+    raw = build_message(message["type"], fields, Envelope(id=job_id, enqueued=clock.now()))
+    if reason != "unsigned":
+        from layerq import signing
+
+        raw["layerq"]["sig"] = signing.sign(raw)
+    record = JobRecord(id=job_id, type=message["type"], channel="math", status=JobStatus.QUEUED)
+    await layer.enqueue("math", raw, record)
+    follow_up = await Add(a=1, b=1).asend()
+    async with running_worker(["math"]):
+        assert await follow_up.aresult(timeout=10) == 2, "the worker keeps going"
+    [letter] = await layer.dead_letters("math")
+    assert reason in letter.reason
+    assert (await layer.get_record(job_id)).status is JobStatus.FAILED
+
+
+async def test_plain_channels_message_without_envelope_is_dead_lettered(layer: Any) -> None:
+    """A bare channel_layer.send() to a worker channel is recorded, not run or lost."""
+    await layer.send("math", {"type": "math.add", "a": 1, "b": 2})
+    async with running_worker(["math"]) as worker:
+        for _ in range(200):
+            if worker.processed:
+                break
+            await asyncio.sleep(0.01)
+    [letter] = await layer.dead_letters("math")
+    assert "no layerq envelope" in letter.reason
+
+
+async def test_handler_retry_request_runs_again_without_failing(layer: Any) -> None:
+    """layerq.Retry from a handler schedules another attempt."""
+    job = await Again().asend()
+    async with running_worker(["math"]):
+        assert await job.aresult(timeout=10) == 2
+
+
+async def test_notify_groups_receive_progress_then_success(layer: Any) -> None:
+    """A notify group gets started, progress steps and succeeded, in order."""
+    listener = await layer.new_channel()
+    await layer.group_add("layerq.user.7", listener)
+    job = await Steps(steps=3, pause=0.01).asend(notify=layerq.user_group(7))
+    async with running_worker(["slow"]):
+        await job.aresult(timeout=10)
+        events = [await asyncio.wait_for(layer.receive(listener), 5) for _ in range(5)]
+    kinds = [event["type"] for event in events]
+    assert kinds == ["layerq.job.started"] + ["layerq.job.progress"] * 3 + ["layerq.job.succeeded"]
+    assert [e["job"]["progress"] for e in events[1:4]] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert events[-1]["job"]["result"] == "done"
+    assert all(e["job"]["id"] == job.id for e in events)
+
+
+async def test_concurrent_async_jobs_overlap(layer: Any) -> None:
+    """With concurrency 4, four 0.3 s jobs finish in well under 1.2 s."""
+    jobs = [await Sleep(seconds=0.3).asend() for _ in range(4)]
+    loop = asyncio.get_running_loop()
+    async with running_worker(["slow"], concurrency=4):
+        began = loop.time()
+        for job in jobs:
+            await job.aresult(timeout=10)
+        assert loop.time() - began < 1.0
+
+
+async def test_sync_handlers_run_in_parallel_threads(layer: Any) -> None:
+    """Sync handlers do not share one thread: three 0.3 s sleeps overlap."""
+    jobs = [await SyncSleep(seconds=0.3).asend() for _ in range(3)]
+    loop = asyncio.get_running_loop()
+    async with running_worker(["sync"], concurrency=3):
+        began = loop.time()
+        for job in jobs:
+            await job.aresult(timeout=10)
+        assert loop.time() - began < 0.8
+
+
+async def test_burst_worker_exits_when_the_channel_is_empty(layer: Any) -> None:
+    """runworker --burst drains the channel, including its retries, then stops."""
+    from layerq.runtime import Worker
+    from tests.app.asgi import application
+
+    done = [await Add(a=i, b=i).asend() for i in range(5)]
+    flaky = await Flaky(succeed_on=2).asend()
+    worker = Worker(application, ["math"], burst=True)
+    assert await asyncio.wait_for(worker.run(), 10) == 0
+    assert [await job.aresult(timeout=0) for job in done] == [0, 2, 4, 6, 8]
+    assert await flaky.aresult(timeout=0) == 2
+
+
+async def test_cancelled_job_raises_job_cancelled(layer: Any) -> None:
+    """A job cancelled before it ran reports cancelled."""
+    job = await Multiply(a=2, b=2).asend(delay=30)
+    assert await job.acancel()
+    with pytest.raises(layerq.JobCancelled):
+        await job.aresult(timeout=1)
+
+
+async def test_result_timeout_when_no_worker_runs(layer: Any) -> None:
+    """result(timeout) raises ResultTimeout while the job is still queued."""
+    job = await Add(a=1, b=2).asend()
+    with pytest.raises(layerq.ResultTimeout):
+        await job.aresult(timeout=0.1)
+
+
+async def test_unknown_job_id_raises_job_not_found(layer: Any) -> None:
+    """A Job handle with an id nobody sent has no record."""
+    with pytest.raises(layerq.JobNotFound):
+        await layerq.Job("0" * 32, channel="math", type="math.add").astatus()
+
+
+@override_settings(LAYERQ={"max_attempts": 1, "sign": True})
+async def test_layerq_settings_set_the_default_attempts(layer: Any) -> None:
+    """LAYERQ['max_attempts'] applies when the job does not say."""
+    job = await Fail().asend()
+    async with running_worker(["math"]):
+        with pytest.raises(layerq.JobFailed):
+            await job.aresult(timeout=10)
+    assert (await job.arecord()).attempt == 1

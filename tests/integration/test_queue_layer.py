@@ -1,0 +1,214 @@
+"""The acknowledged-receive extension: leases, outcomes, records, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import layerq
+from layerq import clock
+from layerq.events import Envelope, build_message, new_job_id
+from layerq.jobs import JobRecord, JobStatus
+
+
+async def enqueue(layer: Any, channel: str = "q", delay: float = 0.0, **fields: Any) -> str:
+    """Enqueue one job message straight through the layer; its job id."""
+    job_id = new_job_id()
+    message = build_message("q.work", fields, Envelope(id=job_id, enqueued=clock.now()))
+    record = JobRecord(id=job_id, type="q.work", channel=channel, status=JobStatus.QUEUED,
+                       enqueued_at=clock.now())  # fmt: skip
+    await layer.enqueue(channel, message, record, delay)
+    return job_id
+
+
+async def test_claim_ack_marks_the_record_succeeded(layer: Any) -> None:
+    """A claimed then acked job is gone, with its result in a succeeded record."""
+    job_id = await enqueue(layer, n=1)
+    assert (await layer.get_record(job_id)).status is JobStatus.QUEUED
+    [delivery] = await layer.claim(["q"], 10, 30, 1)
+    assert delivery.attempt == 1
+    assert delivery.job_id == job_id
+    assert delivery.message["n"] == 1
+    running = await layer.get_record(job_id)
+    assert running.status is JobStatus.RUNNING
+    assert running.attempt == 1
+    assert await layer.ack(delivery, {"ok": [1, 2]}, 60)
+    record = await layer.get_record(job_id)
+    assert record.status is JobStatus.SUCCEEDED
+    assert record.result == {"ok": [1, 2]}
+    assert await layer.pending("q") == 0
+    assert await layer.claim(["q"], 10, 30, 0) == []
+
+
+async def test_claim_respects_the_limit_and_order(layer: Any) -> None:
+    """claim() returns at most `limit` deliveries, oldest first."""
+    for index in range(5):
+        await enqueue(layer, n=index)
+    first = await layer.claim(["q"], 3, 30, 1)
+    second = await layer.claim(["q"], 3, 30, 1)
+    assert [d.message["n"] for d in first] == [0, 1, 2]
+    assert [d.message["n"] for d in second] == [3, 4]
+
+
+async def test_claim_waits_for_a_message_sent_meanwhile(layer: Any) -> None:
+    """A waiting claim returns soon after a message arrives."""
+    waiting = asyncio.create_task(layer.claim(["q"], 1, 30, 5))
+    await asyncio.sleep(0.05)
+    job_id = await enqueue(layer)
+    deliveries = await asyncio.wait_for(waiting, 2)
+    assert [d.job_id for d in deliveries] == [job_id]
+
+
+async def test_claim_with_nothing_ready_returns_empty_after_wait(layer: Any) -> None:
+    """An empty channel yields [] once `wait` has passed."""
+    assert await layer.claim(["q"], 1, 30, 0.1) == []
+
+
+async def test_expired_lease_is_reclaimed_with_the_next_attempt(layer: Any) -> None:
+    """A delivery nobody settles comes back after its lease, as attempt 2."""
+    job_id = await enqueue(layer)
+    [first] = await layer.claim(["q"], 1, 0.2, 1)
+    assert await layer.claim(["q"], 1, 0.2, 0) == []
+    [again] = await layer.claim(["q"], 1, 30, 2)
+    assert again.job_id == job_id
+    assert again.attempt == 2
+    assert again.reclaimed
+    assert not await layer.ack(first, "stale", 60), "the old lease must not settle the job"
+    assert (await layer.get_record(job_id)).status is JobStatus.RUNNING
+    assert await layer.ack(again, "fresh", 60)
+    assert (await layer.get_record(job_id)).result == "fresh"
+
+
+async def test_extend_keeps_a_lease_alive(layer: Any) -> None:
+    """A heartbeat pushes the lease end so nobody else gets the job."""
+    await enqueue(layer)
+    [delivery] = await layer.claim(["q"], 1, 0.3, 1)
+    for _ in range(3):
+        await asyncio.sleep(0.15)
+        await layer.extend([delivery], 0.3)
+    assert await layer.claim(["q"], 1, 30, 0) == []
+    assert await layer.ack(delivery, None, 60)
+
+
+async def test_retry_returns_the_message_after_its_delay(layer: Any) -> None:
+    """retry() hides the message for `delay` and records the error."""
+    job_id = await enqueue(layer)
+    [delivery] = await layer.claim(["q"], 1, 30, 1)
+    assert await layer.retry(delivery, 0.3, "ValueError", "bad")
+    record = await layer.get_record(job_id)
+    assert record.status is JobStatus.RETRYING
+    assert (record.error_type, record.error_message) == ("ValueError", "bad")
+    assert await layer.claim(["q"], 1, 30, 0) == []
+    [again] = await layer.claim(["q"], 1, 30, 2)
+    assert again.attempt == 2
+    assert not again.reclaimed
+
+
+async def test_release_gives_the_attempt_back(layer: Any) -> None:
+    """A released delivery is ready at once and its attempt is not counted."""
+    job_id = await enqueue(layer)
+    [delivery] = await layer.claim(["q"], 1, 30, 1)
+    await layer.release([delivery])
+    assert (await layer.get_record(job_id)).status is JobStatus.QUEUED
+    [again] = await layer.claim(["q"], 1, 30, 1)
+    assert again.attempt == 1
+
+
+async def test_dead_letter_keeps_the_message_with_its_reason(layer: Any) -> None:
+    """A dead-lettered job is failed, listed with its reason, and can be requeued."""
+    job_id = await enqueue(layer, n=7)
+    [delivery] = await layer.claim(["q"], 1, 30, 1)
+    assert await layer.dead_letter(delivery, "failed after 1 attempt(s)", "KeyError", "k", 60)
+    record = await layer.get_record(job_id)
+    assert record.status is JobStatus.FAILED
+    assert record.error_type == "KeyError"
+    [letter] = await layer.dead_letters("q")
+    assert letter.reason == "failed after 1 attempt(s)"
+    assert letter.job_id == job_id
+    assert letter.message["n"] == 7
+    assert await layer.pending("q") == 0
+    assert await layer.requeue_dead("q") == 1
+    assert await layer.dead_letters("q") == []
+    assert (await layer.get_record(job_id)).status is JobStatus.QUEUED
+    [again] = await layer.claim(["q"], 1, 30, 1)
+    assert again.attempt == 1
+    assert again.message["n"] == 7
+
+
+async def test_delayed_message_is_not_claimed_before_its_time(layer: Any) -> None:
+    """A message enqueued with a delay waits that long."""
+    await enqueue(layer, delay=0.4)
+    assert await layer.claim(["q"], 1, 30, 0.1) == []
+    assert len(await layer.claim(["q"], 1, 30, 2)) == 1
+
+
+async def test_cancel_removes_a_waiting_job_only(layer: Any) -> None:
+    """cancel() removes a queued job but not one a worker holds."""
+    waiting = await enqueue(layer, delay=10)
+    held = await enqueue(layer)
+    [delivery] = await layer.claim(["q"], 1, 30, 1)
+    assert delivery.job_id == held
+    assert await layer.cancel(waiting)
+    assert not await layer.cancel(held)
+    assert (await layer.get_record(waiting)).status is JobStatus.CANCELLED
+    assert (await layer.get_record(held)).status is JobStatus.RUNNING
+
+
+async def test_finished_records_expire_after_their_ttl(layer: Any) -> None:
+    """A succeeded record is gone once result_ttl has passed."""
+    job_id = await enqueue(layer)
+    [delivery] = await layer.claim(["q"], 1, 30, 1)
+    await layer.ack(delivery, 1, 5)
+    now = clock.now()
+    clock.set_clock(lambda: now + 6)
+    try:
+        assert await layer.get_record(job_id) is None
+    finally:
+        clock.set_clock(None)
+
+
+async def test_job_messages_do_not_expire_like_plain_ones(layer: Any) -> None:
+    """A job message outlives the layer's plain-message expiry."""
+    layer.expiry = 1
+    job_id = await enqueue(layer)
+    now = clock.now()
+    clock.set_clock(lambda: now + 3600)
+    try:
+        [delivery] = await layer.claim(["q"], 1, 30, 1)
+    finally:
+        clock.set_clock(None)
+    assert delivery.job_id == job_id
+
+
+async def test_enqueue_at_capacity_raises_queue_full(layer: Any) -> None:
+    """enqueue() refuses past capacity and stores no record for the refused job."""
+    layer.capacity = 1
+    await enqueue(layer)
+    with pytest.raises(layerq.QueueFull):
+        await enqueue(layer)
+    assert await layer.pending("q") == 1
+
+
+async def test_progress_is_stored_on_the_record(layer: Any) -> None:
+    """set_progress() is visible in the record."""
+    job_id = await enqueue(layer)
+    await layer.claim(["q"], 1, 30, 1)
+    await layer.set_progress(job_id, 0.25, "a quarter")
+    record = await layer.get_record(job_id)
+    assert (record.progress, record.progress_message) == (0.25, "a quarter")
+
+
+def test_sync_enqueue_and_record_need_no_event_loop(layer_settings: Any) -> None:
+    """enqueue_sync/get_record_sync work from plain sync code."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    job_id = new_job_id()
+    message = build_message("q.work", {}, Envelope(id=job_id, enqueued=clock.now()))
+    record = JobRecord(id=job_id, type="q.work", channel="q", status=JobStatus.QUEUED)
+    layer.enqueue_sync("q", message, record)
+    assert layer.get_record_sync(job_id).status is JobStatus.QUEUED
+    assert layer.cancel_sync(job_id)
+    assert layer.get_record_sync(job_id).status is JobStatus.CANCELLED
