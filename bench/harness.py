@@ -9,6 +9,7 @@ yet); start the worker; wait for the drain stamps its handlers write; run
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -196,26 +197,14 @@ def _starts(directory: Path, phase: str) -> list[float]:
 def _stop(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM the worker's process group; SIGKILL it after the grace period."""
     if process.poll() is None:
-        with _gone():
+        with contextlib.suppress(ProcessLookupError):  # the group already ended
             os.killpg(process.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):  # then SIGKILL below
             process.wait(timeout=STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            pass
     # Children (Dramatiq's worker processes) may outlive their parent.
-    with _gone():
+    with contextlib.suppress(ProcessLookupError):  # the group already ended
         os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=STOP_GRACE)
-
-
-class _gone:
-    """Ignore ProcessLookupError: the group already ended."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
-        return kind is not None and issubclass(kind, ProcessLookupError)
 
 
 def _tail(log: Path, lines: int = 3) -> str:

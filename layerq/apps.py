@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
-from django.apps import AppConfig
+from typing import Any
+
+from django.apps import AppConfig, apps
+from django.core import checks
 
 
 class LayerqConfig(AppConfig):
     name = "layerq"
     verbose_name = "layerq"
     default_auto_field = "django.db.models.AutoField"
+
+    def ready(self) -> None:
+        checks.register(check_app_order)
+
+
+def check_app_order(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """layerq must precede channels: the first app that defines runworker wins."""
+    names = [config.name for config in apps.get_app_configs()]
+    if "channels" in names and names.index("channels") < names.index("layerq"):
+        return [
+            checks.Error(
+                "'channels' comes before 'layerq' in INSTALLED_APPS, so `manage.py runworker`"
+                " runs Channels' at-most-once worker instead of layerq's.",
+                hint="Put 'layerq' before 'channels' in INSTALLED_APPS.",
+                id="layerq.E001",
+            )
+        ]
+    return []

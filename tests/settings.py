@@ -12,8 +12,8 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "django.contrib.sessions",
+    "layerq",  # before channels: its runworker replaces Channels' one
     "channels",
-    "layerq",
     "tests.app",
 ]
 DATABASES = {

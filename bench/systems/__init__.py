@@ -31,59 +31,95 @@ class System:
 
 SYSTEMS = [
     System(
-        "floor", "redis-py LPUSH/BRPOP (floor)", "bench.systems.floor",
+        "floor",
+        "redis-py LPUSH/BRPOP (floor)",
+        "bench.systems.floor",
         note="bare redis-py loop, JSON bodies, a reply list per job; no ack, retries or records",
     ),
     System(
-        "layerq-sqlite", "layerq SQLite", "bench.systems.layerq_system", "sqlite",
+        "layerq-sqlite",
+        "layerq SQLite",
+        "bench.systems.layerq_system",
+        "sqlite",
         note="SQLiteChannelLayer in a temp file; runworker defaults (8 slots, signed, leased);"
         " result via job.result()",
     ),
     System(
-        "layerq-inmemory", "layerq basic, InMemory (in-process)", "bench.systems.layerq_system",
-        "inmemory", in_process=True,
+        "layerq-inmemory",
+        "layerq basic, InMemory (in-process)",
+        "bench.systems.layerq_system",
+        "inmemory",
+        in_process=True,
         note="InMemoryChannelLayer, at-most-once; producer and worker share ONE process;"
         " result = the layerq.job.succeeded group notification; RSS is that shared process",
     ),
     System(
-        "layerq-redis", "layerq Redis", "bench.systems.layerq_system", "redis",
+        "layerq-redis",
+        "layerq Redis",
+        "bench.systems.layerq_system",
+        "redis",
         note="layerq RedisChannelLayer; runworker defaults; result via job.result()",
     ),
     System(
-        "celery-solo", "Celery (solo pool)", "bench.systems.celery_system", "solo", venv="celery",
+        "celery-solo",
+        "Celery (solo pool)",
+        "bench.systems.celery_system",
+        "solo",
+        venv="celery",
         note="redis broker and result backend, --pool solo, prefetch multiplier 4 (default);"
         " result via AsyncResult.get()",
     ),
     System(
-        "celery-threads", "Celery (threads pool)", "bench.systems.celery_system", "threads",
+        "celery-threads",
+        "Celery (threads pool)",
+        "bench.systems.celery_system",
+        "threads",
         venv="celery",
         note="as solo but --pool threads --concurrency 8",
     ),
     System(
-        "rq", "RQ (SimpleWorker)", "bench.systems.rq_system", venv="rq",
+        "rq",
+        "RQ (SimpleWorker)",
+        "bench.systems.rq_system",
+        venv="rq",
         note="SimpleWorker (no fork per job); result via Job.latest_result(timeout=)",
     ),
     System(
-        "dramatiq", "Dramatiq", "bench.systems.dramatiq_system", venv="dramatiq",
+        "dramatiq",
+        "Dramatiq",
+        "bench.systems.dramatiq_system",
+        venv="dramatiq",
         note="RedisBroker, Results middleware (RedisBackend), 1 process x 8 threads;"
         " result via message.get_result(block=True)",
     ),
     System(
-        "arq", "arq", "bench.systems.arq_system", venv="arq",
+        "arq",
+        "arq",
+        "bench.systems.arq_system",
+        venv="arq",
         note="max_jobs 10 (default); worker poll_delay 0.5 s and job.result() poll 0.5 s"
         " (defaults)",
     ),
     System(
-        "arq-fastpoll", "arq (10 ms poll)", "bench.systems.arq_system", "fastpoll", venv="arq",
+        "arq-fastpoll",
+        "arq (10 ms poll)",
+        "bench.systems.arq_system",
+        "fastpoll",
+        venv="arq",
         note="as arq, with worker poll_delay and job.result(poll_delay=) at 10 ms",
     ),
     System(
-        "huey", "Huey (RedisHuey)", "bench.systems.huey_system", venv="huey",
+        "huey",
+        "Huey (RedisHuey)",
+        "bench.systems.huey_system",
+        venv="huey",
         note="RedisHuey (blocking BRPOP), 1 worker thread (default); result via"
         " result.get(blocking=True) (polls from 0.1 s, backoff 1.15)",
     ),
     System(
-        "channels", "Channels runworker + channels_redis", "bench.systems.channels_system",
+        "channels",
+        "Channels runworker + channels_redis",
+        "bench.systems.channels_system",
         venv="channels",
         note="RedisChannelLayer capacity 100k, expiry 600 s; no results: the consumer"
         " sends a reply message to the producer's channel",

@@ -16,9 +16,9 @@ from typing import Any
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.systems.layerq_project")
 
-from bench import recorder  # noqa: E402
-from bench.systems import common  # noqa: E402
-from bench.systems.common import (  # noqa: E402
+from bench import recorder
+from bench.systems import common
+from bench.systems.common import (
     DRAIN,
     LATENCY,
     RESULT_TIMEOUT,

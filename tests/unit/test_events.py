@@ -49,7 +49,12 @@ def test_two_classes_cannot_share_a_type() -> None:
 def test_message_is_flat_with_one_envelope_key() -> None:
     """The message is `type`, the fields, and the envelope under 'layerq'."""
     message = build_message("math.add", {"a": 1, "b": 2}, Envelope(id="j", enqueued=1.0))
-    assert message == {"type": "math.add", "a": 1, "b": 2, ENVELOPE_KEY: {"id": "j", "enqueued": 1.0}}
+    assert message == {
+        "type": "math.add",
+        "a": 1,
+        "b": 2,
+        ENVELOPE_KEY: {"id": "j", "enqueued": 1.0},
+    }
     assert read_envelope(message).id == "j"
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(message)) == message
 

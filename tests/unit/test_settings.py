@@ -85,3 +85,13 @@ def test_user_group_is_a_valid_group_name() -> None:
     assert layerq.user_group(42) == "layerq.user.42"
     with pytest.raises(ValueError, match="saved"):
         layerq.user_group(None)
+
+
+def test_app_order_check_flags_channels_before_layerq() -> None:
+    """The layerq.E001 check fires when 'channels' precedes 'layerq'."""
+    from layerq.apps import check_app_order
+
+    assert check_app_order() == []
+    with override_settings(INSTALLED_APPS=["django.contrib.contenttypes", "channels", "layerq"]):
+        [error] = check_app_order()
+    assert error.id == "layerq.E001"

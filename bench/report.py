@@ -1,0 +1,156 @@
+"""The results as markdown: the table, the ratios, and RESULTS.md around them."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.harness import Outcome, Percentiles
+from bench.systems.common import Config
+
+FLOOR = "floor"
+#: the layerq row ratios are taken against: Redis when it ran (same transport as the peers)
+LAYERQ_REFERENCES = ("layerq-redis", "layerq-sqlite")
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _ms(value: Percentiles | None) -> str:
+    if value is None:
+        return "-"
+    return " / ".join(
+        f"{v:.2f}" if v < 10 else f"{v:.0f}" for v in (value.p50, value.p95, value.p99)
+    )
+
+
+def table(outcomes: Sequence[Outcome]) -> str:
+    """One row per system; failures keep their row with the reason."""
+    lines = [
+        "| system | enqueue/s | sync send/s | drain/s | enqueue→start ms p50 / p95 / p99"
+        " | enqueue→result ms p50 / p95 / p99 | worker RSS MB |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for o in outcomes:
+        if o.error is not None and o.drain is None:
+            lines.append(f"| {o.system.label} | failed: {o.error} | | | | | |")
+            continue
+        rss = "-" if o.rss_mb is None else f"{o.rss_mb:.0f}"
+        lines.append(
+            f"| {o.system.label} | {_num(o.enqueue)} | {_num(o.sync_send)} | {_num(o.drain)}"
+            f" | {_ms(o.start)} | {_ms(o.result)} | {rss} |"
+        )
+    return "\n".join(lines)
+
+
+def _ratio(value: float | None, reference: float | None) -> str:
+    if value is None or reference is None or reference == 0:
+        return "-"
+    return f"{value / reference:.2f}x"
+
+
+def ratios(outcomes: Sequence[Outcome]) -> str:
+    """Drain rate and result p50 of each system relative to the floor and to layerq."""
+    by_key = {o.system.key: o for o in outcomes if o.error is None}
+    floor = by_key.get(FLOOR)
+    reference = next((by_key[k] for k in LAYERQ_REFERENCES if k in by_key), None)
+    if floor is None and reference is None:
+        return ""
+    ref_label = reference.system.label if reference else "layerq"
+    lines = [
+        f"| system | drain ÷ floor | drain ÷ {ref_label} | result p50 ÷ floor"
+        f" | result p50 ÷ {ref_label} |",
+        "|---|--:|--:|--:|--:|",
+    ]
+    for o in outcomes:
+        if o.error is not None:
+            continue
+        p50 = o.result.p50 if o.result else None
+        lines.append(
+            f"| {o.system.label}"
+            f" | {_ratio(o.drain, floor.drain if floor else None)}"
+            f" | {_ratio(o.drain, reference.drain if reference else None)}"
+            f" | {_ratio(p50, floor.result.p50 if floor and floor.result else None)}"
+            f" | {_ratio(p50, reference.result.p50 if reference and reference.result else None)} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    """nproc, CPU model, kernel."""
+    model = "?"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    import os
+
+    return f"{os.cpu_count()} CPUs, {model}, Linux {platform.release()}"
+
+
+def redis_version() -> str:
+    try:
+        out = subprocess.run(
+            ["redis-server", "--version"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return next((w.split("=", 1)[1] for w in out.split() if w.startswith("v=")), out.strip())
+
+
+def versions(outcomes: Sequence[Outcome]) -> str:
+    lines = []
+    for o in outcomes:
+        if o.versions:
+            packages = ", ".join(f"{k} {v}" for k, v in o.versions.items())
+            lines.append(f"- {o.system.label}: {packages}")
+    return "\n".join(lines)
+
+
+def notes(outcomes: Sequence[Outcome]) -> str:
+    return "\n".join(f"- **{o.system.label}**: {o.system.note}" for o in outcomes if o.system.note)
+
+
+def document(outcomes: Sequence[Outcome], config: Config, command: str) -> str:
+    """The whole RESULTS.md."""
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    failures = [o for o in outcomes if o.error is not None]
+    parts = [
+        "# layerq benchmark results",
+        "",
+        "Written by `python -m bench.run`; see bench/README.md for what each column measures.",
+        "",
+        f"- date: {now}",
+        f"- command: `{command}`",
+        f"- machine: {machine()}",
+        f"- redis-server {redis_version()} (private, `--save '' --appendonly no`)",
+        f"- drain: {config.jobs:,} no-op jobs enqueued first ({config.sync_jobs:,} of them"
+        f" through the sync path where there is one), then one worker process drains them;"
+        f" latency: {config.latency_jobs:,} sequential jobs",
+        "",
+        table(outcomes),
+        "",
+        "Ratios (above 1x is faster drain, or slower result):",
+        "",
+        ratios(outcomes),
+        "",
+        "## How each system was run",
+        "",
+        notes(outcomes),
+        "",
+        "## Versions",
+        "",
+        versions(outcomes),
+    ]
+    if failures:
+        parts += ["", "## Failures", ""]
+        parts += [f"- {o.system.label}: {o.error}" for o in failures]
+    return "\n".join(parts) + "\n"

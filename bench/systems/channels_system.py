@@ -1,0 +1,111 @@
+"""Raw Channels: ``runworker`` with an AsyncConsumer on channels_redis.
+
+No results exist: the consumer sends a reply message to the producer's own
+channel. The sync path is ``async_to_sync(channel_layer.send)`` per message,
+as a sync Django view would call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import django
+from django.conf import settings
+
+from bench.systems import common
+from bench.systems.common import (
+    DRAIN,
+    LATENCY,
+    RESULT_TIMEOUT,
+    Config,
+    asequential,
+    atimed,
+    payload,
+    split,
+    timed,
+)
+
+PACKAGES = ["channels", "channels_redis", "Django", "redis"]
+_config = Config.from_env()
+settings.configure(
+    INSTALLED_APPS=["channels"],
+    ASGI_APPLICATION=f"{__name__ if __name__ != '__main__' else 'bench.systems.channels_system'}"
+    ".application",
+    CHANNEL_LAYERS={
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # The defaults (capacity 100, expiry 60 s) would refuse or expire the backlog.
+            "CONFIG": {"hosts": [_config.redis_url], "capacity": 100_000, "expiry": 600},
+        }
+    },
+)
+django.setup()
+
+from asgiref.sync import async_to_sync  # noqa: E402
+from channels.consumer import AsyncConsumer  # noqa: E402
+from channels.layers import get_channel_layer  # noqa: E402
+from channels.routing import ChannelNameRouter, ProtocolTypeRouter  # noqa: E402
+
+from bench.recorder import mark  # noqa: E402
+
+
+class NoopConsumer(AsyncConsumer):  # type: ignore[misc]
+    async def bench_noop(self, message: dict[str, Any]) -> None:
+        started = mark(message["phase"], message["i"], message["n"])
+        if "reply" in message:
+            await self.channel_layer.send(
+                message["reply"], {"type": "bench.done", "started": started}
+            )
+
+
+application = ProtocolTypeRouter(
+    {"channel": ChannelNameRouter({common.QUEUE: NoopConsumer.as_asgi()})}
+)
+
+
+def _message(phase: str, index: int, total: int) -> dict[str, Any]:
+    return {"type": "bench.noop", **payload(phase, index, total)}
+
+
+def enqueue(config: Config) -> dict[str, Any]:
+    layer = get_channel_layer()
+    sync, main_path = split(config)
+    sync_rate = timed(
+        lambda i: async_to_sync(layer.send)(common.QUEUE, _message(DRAIN, i, config.jobs)), sync
+    )
+
+    async def send_rest() -> float | None:
+        return await atimed(
+            lambda i: layer.send(common.QUEUE, _message(DRAIN, i, config.jobs)), main_path
+        )
+
+    return {"enqueue": asyncio.run(send_rest()), "sync_send": sync_rate}
+
+
+def worker(config: Config) -> None:
+    from django.core.management import call_command
+
+    call_command("runworker", common.QUEUE)
+
+
+def latency(config: Config) -> list[list[float]]:
+    async def go() -> list[list[float]]:
+        layer = get_channel_layer()
+        reply = await layer.new_channel()
+
+        async def round_trip(index: int) -> None:
+            await layer.send(
+                common.QUEUE, {**_message(LATENCY, index, config.latency_jobs), "reply": reply}
+            )
+            async with asyncio.timeout(RESULT_TIMEOUT):
+                await layer.receive(reply)
+
+        return await asequential(config, round_trip)
+
+    return asyncio.run(go())
+
+
+if __name__ == "__main__":
+    common.main(sys.modules[__name__])

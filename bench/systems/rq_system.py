@@ -1,0 +1,52 @@
+"""RQ: a SimpleWorker (no fork per job) on one queue; results via ``latest_result``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from redis import Redis
+from rq import Queue, SimpleWorker
+
+from bench.recorder import mark
+from bench.systems import common
+from bench.systems.common import DRAIN, LATENCY, RESULT_TIMEOUT, Config, payload, sequential, timed
+
+PACKAGES = ["rq", "redis"]
+
+
+def noop(phase: str, i: int, n: int) -> float:
+    return mark(phase, i, n)
+
+
+def _queue(config: Config) -> Queue:
+    return Queue(common.QUEUE, connection=Redis.from_url(config.redis_url))
+
+
+def enqueue(config: Config) -> dict[str, Any]:
+    queue = _queue(config)
+
+    def send(index: int) -> None:
+        queue.enqueue(noop, **payload(DRAIN, index, config.jobs))
+
+    return {"enqueue": timed(send, range(config.jobs))}
+
+
+def worker(config: Config) -> None:
+    queue = _queue(config)
+    SimpleWorker([queue], connection=queue.connection).work(logging_level="INFO")
+
+
+def latency(config: Config) -> list[list[float]]:
+    queue = _queue(config)
+
+    def round_trip(index: int) -> None:
+        job = queue.enqueue(noop, **payload(LATENCY, index, config.latency_jobs))
+        if job.latest_result(timeout=int(RESULT_TIMEOUT)) is None:
+            raise TimeoutError(f"no result for job {index}")
+
+    return sequential(config, round_trip)
+
+
+if __name__ == "__main__":
+    common.main(sys.modules[__name__])

@@ -1,0 +1,91 @@
+"""runworker as a real process: signals, crashes, leases."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from layerq.jobs import JobStatus
+from tests.app.events import Add, Sleep
+from tests.process.conftest import runs, wait_until
+
+pytestmark = [pytest.mark.process, pytest.mark.timeout(90)]
+
+
+def test_runworker_runs_jobs_and_logs_lifecycle_events(
+    shared_layer: Any, start_worker: Any
+) -> None:
+    """A job sent from this process is run by runworker, which logs it as JSON."""
+    job = Add(a=20, b=22).send()
+    worker = start_worker("math", "--burst")
+    assert worker.wait(30) == 0, worker.output()
+    assert job.result(timeout=1) == 42
+    events = [json.loads(line)["event"] for line in worker.output().splitlines() if line]
+    assert [e for e in events if e.startswith(("worker.started", "job.", "worker.stopped"))] == [
+        "worker.started",
+        "job.started",
+        "job.succeeded",
+        "worker.stopped",
+    ]
+
+
+def test_sigterm_lets_running_jobs_finish_and_leaves_the_rest_queued(
+    shared_layer: Any, start_worker: Any
+) -> None:
+    """On SIGTERM the jobs in flight finish; jobs not yet started stay queued."""
+    jobs = [Sleep(seconds=1.0, marker=f"j{i}").send() for i in range(6)]
+    worker = start_worker("slow", "--concurrency", "3", "--shutdown-timeout", "20")
+    wait_until(lambda: len(runs(shared_layer["runs"])) == 3, 20, "three jobs to start")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, worker.output()
+    statuses = [job.status() for job in jobs]
+    assert statuses.count(JobStatus.SUCCEEDED) == 3, statuses
+    assert statuses.count(JobStatus.QUEUED) == 3, statuses
+    assert len(runs(shared_layer["runs"])) == 3, "no job started after SIGTERM"
+
+
+def test_sigterm_past_the_grace_period_returns_jobs_unfinished(
+    shared_layer: Any, start_worker: Any
+) -> None:
+    """Jobs still running when the grace period ends go back, their attempt not counted."""
+    jobs = [Sleep(seconds=30, marker=f"long{i}").send() for i in range(2)]
+    worker = start_worker("slow", "--concurrency", "2", "--shutdown-timeout", "0.5")
+    wait_until(lambda: len(runs(shared_layer["runs"])) == 2, 20, "both jobs to start")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(15) == 0, worker.output()
+    for job in jobs:
+        record = job.record()
+        assert (record.status, record.attempt) == (JobStatus.QUEUED, 0)
+    assert "job.returned" in worker.output()
+
+
+def test_sigkill_mid_job_loses_nothing(shared_layer: Any, start_worker: Any) -> None:
+    """After SIGKILL, every job still succeeds once its lease (1 s) expires."""
+    jobs = [Sleep(seconds=0.3, marker=f"k{i}").send() for i in range(20)]
+    victim = start_worker("slow", "--concurrency", "4")
+    wait_until(lambda: len(runs(shared_layer["runs"])) >= 6, 30, "jobs to start")
+    victim.signal(signal.SIGKILL)
+    victim.wait(10)
+    killed_after = Counter(runs(shared_layer["runs"]))
+    rescuer = start_worker("slow", "--concurrency", "4")
+    wait_until(
+        lambda: all(job.status() is JobStatus.SUCCEEDED for job in jobs), 60, "all jobs to succeed"
+    )
+    rescuer.signal(signal.SIGTERM)
+    assert rescuer.wait(30) == 0, rescuer.output()
+    ran = Counter(runs(shared_layer["runs"]))
+    assert set(ran) == {f"k{i}" for i in range(20)}
+    assert sum(ran.values()) - 20 <= 4, "only jobs in flight at the kill may run twice"
+    assert "job.reclaimed" in rescuer.output() or sum(killed_after.values()) == 0
+    assert all(job.record().attempt in (1, 2) for job in jobs)
+
+
+def test_unrouted_channel_is_a_clear_error(shared_layer: Any, start_worker: Any) -> None:
+    """runworker for a channel with no consumer exits non-zero and names the channel."""
+    worker = start_worker("nowhere")
+    assert worker.wait(30) != 0
+    assert "no consumer is routed for channel 'nowhere'" in worker.output()
