@@ -111,7 +111,7 @@ class Runner:
         with log.open("wb") as out:
             try:
                 process = subprocess.run(
-                    [python, "-m", system.module, command], cwd=ROOT, env=env,
+                    [python, "-m", "bench.systems", system.module, command], cwd=ROOT, env=env,
                     stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False,
                 )  # fmt: skip
             except subprocess.TimeoutExpired as exc:
@@ -157,7 +157,7 @@ class Runner:
         log = self.logs / f"{system.key}-worker.log"
         with log.open("wb") as out:
             worker = subprocess.Popen(
-                [python, "-m", system.module, "worker"], cwd=ROOT, env=env,
+                [python, "-m", "bench.systems", system.module, "worker"], cwd=ROOT, env=env,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         try:

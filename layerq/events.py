@@ -61,7 +61,10 @@ class EventMeta(msgspec.StructMeta):
             if not _TYPE_RE.match(type) or type.startswith("_"):
                 raise TypeError(f"{name}: invalid event type {type!r} (use dotted names)")
             previous = _registry.get(type)
-            if previous is not None and previous.__qualname__ != name:
+            if previous is not None and (previous.__module__, previous.__qualname__) != (
+                cls.__module__,
+                cls.__qualname__,
+            ):
                 raise TypeError(f"event type {type!r} is already used by {previous!r}")
             cls.event_type = type
             _registry[type] = cls  # type: ignore[assignment]

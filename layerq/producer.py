@@ -193,9 +193,14 @@ def send(
     Raises InvalidEvent for bad input and QueueFull when the channel is full.
     """
     prepared = prepare(
-        channel, event, notify=notify, delay=delay, max_attempts=max_attempts,
-        timeout=timeout, layer=layer,
-    )  # fmt: skip
+        channel,
+        event,
+        notify=notify,
+        delay=delay,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        layer=layer,
+    )
     if on_commit:
         transaction.on_commit(functools.partial(_deliver_sync, prepared), using=using)
     else:
@@ -215,8 +220,13 @@ async def asend(
 ) -> Job:
     """Enqueue ``event`` on ``channel`` from async code; see :func:`send`."""
     prepared = prepare(
-        channel, event, notify=notify, delay=delay, max_attempts=max_attempts,
-        timeout=timeout, layer=layer,
-    )  # fmt: skip
+        channel,
+        event,
+        notify=notify,
+        delay=delay,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        layer=layer,
+    )
     await _deliver(prepared)
     return prepared.job

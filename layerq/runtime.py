@@ -111,9 +111,12 @@ class Worker:
     async def run(self) -> int:
         """Claim and run jobs until stopped; the process exit code."""
         log.info(
-            "worker.started", channels=self.channels, concurrency=self.concurrency,
-            layer=type(self.layer).__name__, burst=self.burst,
-        )  # fmt: skip
+            "worker.started",
+            channels=self.channels,
+            concurrency=self.concurrency,
+            layer=type(self.layer).__name__,
+            burst=self.burst,
+        )
         if not self.source.reliable:
             log.warning(
                 "worker.basic_mode",
@@ -176,9 +179,10 @@ class Worker:
             for running in unsettled:
                 running.settled = True
                 log.warning(
-                    "job.returned", job_id=running.delivery.job_id,
+                    "job.returned",
+                    job_id=running.delivery.job_id,
                     channel=running.delivery.channel,
-                )  # fmt: skip
+                )
         await asyncio.gather(*(r.task for r in unsettled), return_exceptions=True)
 
     async def _heartbeat(self) -> None:
@@ -224,10 +228,15 @@ class Worker:
         event_type = str(delivery.message.get("type"))
         structlog.contextvars.bind_contextvars(type=event_type)
         job = JobContext(
-            id=envelope.id, type=event_type, channel=delivery.channel, attempt=delivery.attempt,
+            id=envelope.id,
+            type=event_type,
+            channel=delivery.channel,
+            attempt=delivery.attempt,
             max_attempts=envelope.max_attempts or self.settings.max_attempts,
-            notify=list(envelope.notify), loop=asyncio.get_running_loop(), reporter=self._report,
-        )  # fmt: skip
+            notify=list(envelope.notify),
+            loop=asyncio.get_running_loop(),
+            reporter=self._report,
+        )
         if delivery.reclaimed:
             log.warning("job.reclaimed")
         log.info("job.started", queued_for=round(max(0.0, clock.now() - envelope.enqueued), 6))
@@ -300,9 +309,14 @@ class Worker:
     # --- outcomes ---------------------------------------------------------------
 
     async def _retry(
-        self, delivery: Delivery, job: JobContext, delay: float | None,
-        error_type: str, message: str, began: float,
-    ) -> None:  # fmt: skip
+        self,
+        delivery: Delivery,
+        job: JobContext,
+        delay: float | None,
+        error_type: str,
+        message: str,
+        began: float,
+    ) -> None:
         if not self.source.reliable or delivery.attempt >= job.max_attempts:
             await self._fail(delivery, job, error_type, message, began)
             return
@@ -312,17 +326,25 @@ class Worker:
             self._retry_due = max(self._retry_due, time.monotonic() + delay)
             level = log.info if error_type == "Retry" else log.warning
             level(
-                "job.retrying", delay=round(delay, 3), error_type=error_type, error=message,
+                "job.retrying",
+                delay=round(delay, 3),
+                error_type=error_type,
+                error=message,
                 duration=round(time.monotonic() - began, 6),
-            )  # fmt: skip
+            )
             await self._notify(
                 job, "retrying", status="retrying", error={"type": error_type, "message": message}
             )
 
     async def _fail(
-        self, delivery: Delivery, job: JobContext, error_type: str, message: str,
-        began: float, exc: BaseException | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        delivery: Delivery,
+        job: JobContext,
+        error_type: str,
+        message: str,
+        began: float,
+        exc: BaseException | None = None,
+    ) -> None:
         if self.source.reliable and delivery.attempt < job.max_attempts and error_type != "Retry":
             await self._retry(delivery, job, None, error_type, message, began)
             return
@@ -333,9 +355,12 @@ class Worker:
         ):
             self._settled(delivery)
             log.error(
-                "job.failed", error_type=error_type, error=message, duration=duration,
+                "job.failed",
+                error_type=error_type,
+                error=message,
+                duration=duration,
                 exc_info=exc,
-            )  # fmt: skip
+            )
             await self._notify(
                 job, "failed", status="failed", error={"type": error_type, "message": message}
             )
@@ -358,8 +383,13 @@ class Worker:
     async def _notify(self, job: JobContext, kind: str, **fields: Any) -> None:
         if not job.notify:
             return
-        payload = {"id": job.id, "type": job.type, "channel": job.channel,
-                   "attempt": job.attempt, **fields}  # fmt: skip
+        payload = {
+            "id": job.id,
+            "type": job.type,
+            "channel": job.channel,
+            "attempt": job.attempt,
+            **fields,
+        }
         for group in job.notify:
             try:
                 await self.layer.group_send(group, job_event(kind, payload))

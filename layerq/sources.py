@@ -84,9 +84,14 @@ class BasicSource:
                 del self._receives[channel]
                 message = task.result()
                 deliveries.append(
-                    Delivery(id=str(next(self._ids)), channel=channel, message=message,
-                             attempt=1, token="")
-                )  # fmt: skip
+                    Delivery(
+                        id=str(next(self._ids)),
+                        channel=channel,
+                        message=message,
+                        attempt=1,
+                        token="",
+                    )
+                )
         return deliveries
 
     async def extend(self, deliveries: Sequence[Delivery], lease: float) -> None:

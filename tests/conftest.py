@@ -17,7 +17,7 @@ from layerq.runtime import Worker
 from tests.app.asgi import application
 
 #: backends the shared integration suite runs against
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "redis"]
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ class System:
 
     key: str  #: the name --systems takes
     label: str  #: the row name in the table
-    module: str  #: the adapter, run as ``python -m MODULE COMMAND``
+    #: the adapter bench/systems/MODULE.py, run as ``python -m bench.systems MODULE COMMAND``
+    module: str
     variant: str = ""  #: passed to the adapter in its Config
     venv: str | None = None  #: bench/requirements/VENV.txt; None: the harness's interpreter
     in_process: bool = False  #: producer and worker share one process (``inproc`` command)
@@ -33,13 +34,13 @@ SYSTEMS = [
     System(
         "floor",
         "redis-py LPUSH/BRPOP (floor)",
-        "bench.systems.floor",
+        "floor",
         note="bare redis-py loop, JSON bodies, a reply list per job; no ack, retries or records",
     ),
     System(
         "layerq-sqlite",
         "layerq SQLite",
-        "bench.systems.layerq_system",
+        "layerq_system",
         "sqlite",
         note="SQLiteChannelLayer in a temp file; runworker defaults (8 slots, signed, leased);"
         " result via job.result()",
@@ -47,7 +48,7 @@ SYSTEMS = [
     System(
         "layerq-inmemory",
         "layerq basic, InMemory (in-process)",
-        "bench.systems.layerq_system",
+        "layerq_system",
         "inmemory",
         in_process=True,
         note="InMemoryChannelLayer, at-most-once; producer and worker share ONE process;"
@@ -56,14 +57,14 @@ SYSTEMS = [
     System(
         "layerq-redis",
         "layerq Redis",
-        "bench.systems.layerq_system",
+        "layerq_system",
         "redis",
         note="layerq RedisChannelLayer; runworker defaults; result via job.result()",
     ),
     System(
         "celery-solo",
         "Celery (solo pool)",
-        "bench.systems.celery_system",
+        "celery_system",
         "solo",
         venv="celery",
         note="redis broker and result backend, --pool solo, prefetch multiplier 4 (default);"
@@ -72,7 +73,7 @@ SYSTEMS = [
     System(
         "celery-threads",
         "Celery (threads pool)",
-        "bench.systems.celery_system",
+        "celery_system",
         "threads",
         venv="celery",
         note="as solo but --pool threads --concurrency 8",
@@ -80,14 +81,14 @@ SYSTEMS = [
     System(
         "rq",
         "RQ (SimpleWorker)",
-        "bench.systems.rq_system",
+        "rq_system",
         venv="rq",
         note="SimpleWorker (no fork per job); result via Job.latest_result(timeout=)",
     ),
     System(
         "dramatiq",
         "Dramatiq",
-        "bench.systems.dramatiq_system",
+        "dramatiq_system",
         venv="dramatiq",
         note="RedisBroker, Results middleware (RedisBackend), 1 process x 8 threads;"
         " result via message.get_result(block=True)",
@@ -95,7 +96,7 @@ SYSTEMS = [
     System(
         "arq",
         "arq",
-        "bench.systems.arq_system",
+        "arq_system",
         venv="arq",
         note="max_jobs 10 (default); worker poll_delay 0.5 s and job.result() poll 0.5 s"
         " (defaults)",
@@ -103,7 +104,7 @@ SYSTEMS = [
     System(
         "arq-fastpoll",
         "arq (10 ms poll)",
-        "bench.systems.arq_system",
+        "arq_system",
         "fastpoll",
         venv="arq",
         note="as arq, with worker poll_delay and job.result(poll_delay=) at 10 ms",
@@ -111,7 +112,7 @@ SYSTEMS = [
     System(
         "huey",
         "Huey (RedisHuey)",
-        "bench.systems.huey_system",
+        "huey_system",
         venv="huey",
         note="RedisHuey (blocking BRPOP), 1 worker thread (default); result via"
         " result.get(blocking=True) (polls from 0.1 s, backoff 1.15)",
@@ -119,7 +120,7 @@ SYSTEMS = [
     System(
         "channels",
         "Channels runworker + channels_redis",
-        "bench.systems.channels_system",
+        "channels_system",
         venv="channels",
         note="RedisChannelLayer capacity 100k, expiry 600 s; no results: the consumer"
         " sends a reply message to the producer's channel",

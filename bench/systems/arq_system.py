@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import Any
 
 from arq import create_pool
@@ -11,7 +10,6 @@ from arq.connections import RedisSettings
 from arq.worker import run_worker
 
 from bench.recorder import mark
-from bench.systems import common
 from bench.systems.common import (
     DRAIN,
     LATENCY,
@@ -68,7 +66,3 @@ def latency(config: Config) -> list[list[float]]:
         return times
 
     return asyncio.run(go())
-
-
-if __name__ == "__main__":
-    common.main(sys.modules[__name__])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from celery import Celery
@@ -49,7 +48,3 @@ def latency(config: Config) -> list[list[float]]:
         noop.delay(**payload(LATENCY, index, config.latency_jobs)).get(timeout=RESULT_TIMEOUT)
 
     return sequential(config, round_trip)
-
-
-if __name__ == "__main__":
-    common.main(sys.modules[__name__])

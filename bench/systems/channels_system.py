@@ -8,7 +8,6 @@ as a sync Django view would call it.
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import Any
 
 import django
@@ -31,8 +30,7 @@ PACKAGES = ["channels", "channels_redis", "Django", "redis"]
 _config = Config.from_env()
 settings.configure(
     INSTALLED_APPS=["channels"],
-    ASGI_APPLICATION=f"{__name__ if __name__ != '__main__' else 'bench.systems.channels_system'}"
-    ".application",
+    ASGI_APPLICATION=f"{__name__}.application",
     CHANNEL_LAYERS={
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -105,7 +103,3 @@ def latency(config: Config) -> list[list[float]]:
         return await asequential(config, round_trip)
 
     return asyncio.run(go())
-
-
-if __name__ == "__main__":
-    common.main(sys.modules[__name__])

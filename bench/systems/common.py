@@ -1,7 +1,7 @@
 """What every system adapter shares: its configuration, timing loops, and entry point.
 
 An adapter module runs inside its system's virtualenv as
-``python -m bench.systems.NAME COMMAND``, with the run's settings as JSON in
+``python -m bench.systems NAME COMMAND``, with the run's settings as JSON in
 ``$BENCH_CONFIG``. Commands:
 
 ``enqueue``
@@ -20,6 +20,7 @@ imported by every venv.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.metadata
 import json
 import os
@@ -147,12 +148,19 @@ class Adapter(Protocol):
     def latency(self, config: Config) -> list[list[float]]: ...
 
 
-def main(module: Any, argv: Sequence[str] | None = None) -> None:
-    """Run ``COMMAND`` of an adapter module and write its JSON report."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1 or not hasattr(module, args[0]):
-        sys.exit(f"usage: python -m {module.__name__} enqueue|worker|latency|inproc")
-    command = args[0]
+def main(argv: Sequence[str]) -> None:
+    """``MODULE COMMAND``: run COMMAND of adapter bench/systems/MODULE.py, write its report.
+
+    The adapter is imported by its package name, never run as ``__main__``, so
+    libraries that import it again by name (RQ's function paths, Channels'
+    ASGI_APPLICATION, Dramatiq's CLI) find the same module.
+    """
+    if len(argv) != 2:
+        sys.exit("usage: python -m bench.systems MODULE enqueue|worker|latency|inproc")
+    name, command = argv
+    module = importlib.import_module(f"bench.systems.{name}")
+    if not hasattr(module, command):
+        sys.exit(f"bench.systems.{name} has no {command!r} command")
     config = Config.from_env()
     report: Any = getattr(module, command)(config)
     if command == "worker":

@@ -36,7 +36,7 @@ def worker(config: Config) -> None:
     from dramatiq.cli import main, make_argument_parser
 
     args = make_argument_parser().parse_args(
-        [__name__ if __name__ != "__main__" else "bench.systems.dramatiq_system",
+        [__name__,
          "--processes", "1", "--threads", "8", "--queues", common.QUEUE]
     )  # fmt: skip
     sys.exit(main(args))
@@ -48,7 +48,3 @@ def latency(config: Config) -> list[list[float]]:
         message.get_result(block=True, timeout=int(RESULT_TIMEOUT * 1000))
 
     return sequential(config, round_trip)
-
-
-if __name__ == "__main__":
-    common.main(sys.modules[__name__])

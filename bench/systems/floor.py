@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 from typing import Any
 
 import redis
@@ -20,7 +19,6 @@ from bench.systems.common import (
     QUEUE,
     RESULT_TIMEOUT,
     Config,
-    main,
     payload,
     sequential,
     timed,
@@ -73,7 +71,3 @@ def latency(config: Config) -> list[list[float]]:
             raise TimeoutError(f"no reply for job {index}")
 
     return sequential(config, round_trip)
-
-
-if __name__ == "__main__":
-    main(sys.modules[__name__])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from huey import RedisHuey
@@ -40,7 +39,3 @@ def latency(config: Config) -> list[list[float]]:
         )
 
     return sequential(config, round_trip)
-
-
-if __name__ == "__main__":
-    common.main(sys.modules[__name__])

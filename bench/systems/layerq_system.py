@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 from typing import Any
 
@@ -121,7 +120,3 @@ async def _until(path: Any, running: asyncio.Task[int], timeout: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path.name} not written within {timeout:.0f}s")
         await asyncio.sleep(0.05)
-
-
-if __name__ == "__main__":
-    common.main(sys.modules[__name__])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from redis import Redis
@@ -46,7 +45,3 @@ def latency(config: Config) -> list[list[float]]:
             raise TimeoutError(f"no result for job {index}")
 
     return sequential(config, round_trip)
-
-
-if __name__ == "__main__":
-    common.main(sys.modules[__name__])

@@ -10,9 +10,7 @@ Key layout and scripts: :mod:`layerq.layers.redis_keys` and the
 list, the delay and lease sets hold only ids, and every move between them is one
 Lua script, so a crash between two commands cannot duplicate or lose a message.
 
-Waiting: a receiver runs the (non-blocking) take script, and when nothing is
-ready it BLPOPs the channel's wake list, which every store pushes a token to.
-Wake tokens carry no data, so a cancelled or retried BLPOP loses nothing.
+Waiting and cancellation: :mod:`layerq.layers.redis_wait`.
 
 Faults: redis-py retries connection errors (bounded, jittered backoff,
 reconnecting as needed); past the bound an operation raises
@@ -37,43 +35,11 @@ from .. import clock
 from ..conf import get_settings
 from ..errors import ConfigurationError, QueueFull, TransportError
 from ..jobs import JobRecord
+from . import redis_codec as codec
+from . import redis_keys as keys
+from . import redis_wait as waits
 from .base import EXTENSION, DeadLetter, Delivery, QueueLayer
-from .redis_codec import (
-    LOCAL_CHANNEL_KEY,
-    decode_message,
-    decode_record,
-    decode_value,
-    encode_message,
-    encode_record,
-    encode_value,
-    job_id_of,
-    new_message_id,
-    number,
-    text,
-)
 from .redis_conn import BLOCK_MAX, Call, async_client, run, run_sync, sync_client, transport_errors
-from .redis_keys import (
-    channel_base,
-    group_key,
-    load_scripts,
-    locator_key,
-    parse_hosts,
-    pick_host,
-    record_key,
-    scan_patterns,
-)
-from .redis_wait import (
-    LocalBox,
-    LoopState,
-    Row,
-    block,
-    block_for,
-    close_state,
-    close_with_loop,
-    messages,
-    receive_local,
-    take,
-)
 
 #: job id -> channel, for jobs this process sent or claimed; cleared when full
 _CHANNEL_CACHE_SIZE = 10_000
@@ -101,13 +67,13 @@ class RedisChannelLayer(QueueLayer):
             )
         super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
         self.channel_capacity = self.compile_capacities(channel_capacity or {})
-        self.hosts = parse_hosts(hosts)
+        self.hosts = keys.parse_hosts(hosts)
         self.prefix = prefix
         self.group_expiry = group_expiry
         self.client_prefix = secrets.token_hex(6)
         self._connection_kwargs = dict(connection_kwargs or {})
-        self._scripts = load_scripts()
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopState] = (
+        self._scripts = keys.load_scripts()
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, waits.LoopState] = (
             weakref.WeakKeyDictionary()
         )
         self._sync_clients: list[redis.Redis] | None = None
@@ -116,13 +82,13 @@ class RedisChannelLayer(QueueLayer):
 
     # --- plumbing -----------------------------------------------------------
 
-    def _state(self) -> LoopState:
+    def _state(self) -> waits.LoopState:
         loop = asyncio.get_running_loop()
         state = self._loops.get(loop)
         if state is None:
             clients = [async_client(host, self._connection_kwargs) for host in self.hosts]
-            state = self._loops[loop] = LoopState(clients)
-            close_with_loop(loop, self._loops)
+            state = self._loops[loop] = waits.LoopState(clients)
+            waits.close_with_loop(loop, self._loops)
         return state
 
     def _sync(self, index: int) -> redis.Redis:
@@ -135,11 +101,11 @@ class RedisChannelLayer(QueueLayer):
         return self._sync_clients[index]
 
     def _host(self, name: str) -> int:
-        return pick_host(name, self.hosts)
+        return keys.pick_host(name, self.hosts)
 
     def _base(self, channel: str) -> tuple[int, str]:
         key = self.non_local_name(channel)
-        return self._host(key), channel_base(self.prefix, key)
+        return self._host(key), keys.channel_base(self.prefix, key)
 
     def _remember(self, job_id: str, channel: str) -> None:
         if len(self._job_channels) >= _CHANNEL_CACHE_SIZE:
@@ -154,33 +120,33 @@ class RedisChannelLayer(QueueLayer):
         record: JobRecord | None = None,
         delay: float = 0.0,
     ) -> Call:
-        job_id = record.id if record is not None else job_id_of(message)
-        message_id, suffix = job_id or new_message_id(), ""
+        job_id = record.id if record is not None else codec.job_id_of(message)
+        message_id, suffix = job_id or codec.new_message_id(), ""
         if "!" in channel:
-            message = {**message, LOCAL_CHANNEL_KEY: channel}
+            message = {**message, codec.LOCAL_CHANNEL_KEY: channel}
             if job_id is None:
                 # Every '!' channel of a process shares one list; the suffix in
                 # the id lets the scripts hold each one to its own capacity.
                 suffix = channel[channel.index("!") + 1 :]
                 message_id = f"{message_id}!{suffix}"
-        payload = encode_message(message)
-        expires = "0" if job_id else number(now + self.expiry)
+        payload = codec.encode_message(message)
+        expires = "0" if job_id else codec.number(now + self.expiry)
         args: list[Any] = [
             message_id,
             payload,
-            number(now),
-            number(now + delay),
+            codec.number(now),
+            codec.number(now + delay),
             expires,
             self.get_capacity(channel),
             suffix,
         ]
         if record is not None:
-            args += encode_record(record)
+            args += codec.encode_record(record)
         return ("EVALSHA", self._scripts["enqueue"], [self._base(channel)[1]], args)
 
     def _settle_call(self, delivery: Delivery, op: str, *extra: Any) -> Call:
         base = self._base(delivery.channel)[1]
-        args = [op, delivery.id, delivery.token, number(clock.now()), *extra]
+        args = [op, delivery.id, delivery.token, codec.number(clock.now()), *extra]
         return ("EVALSHA", self._scripts["settle"], [base], args)
 
     # --- Channels layer spec ------------------------------------------------
@@ -189,9 +155,9 @@ class RedisChannelLayer(QueueLayer):
         """Send ``message`` to ``channel``; QueueFull (a ChannelFull) at capacity."""
         self.require_valid_channel_name(channel)
         call = self._store_call(channel, message, clock.now())
-        client = self._state().clients[self._base(channel)[0]]
+        batcher = self._state().batchers[self._base(channel)[0]]
         with transport_errors("send"):
-            (stored,) = await run(client, [call])
+            (stored,) = await batcher.submit([call])
         if stored == 0:
             raise QueueFull(f"channel {channel!r} is at capacity")
 
@@ -201,22 +167,36 @@ class RedisChannelLayer(QueueLayer):
         state = self._state()
         if "!" in channel:
             key = self.non_local_name(channel)
-            box = state.local.setdefault(key, LocalBox())
-            return await receive_local(box, channel, lambda: self._read_local(state, key, box))
+            box = state.local.setdefault(key, waits.LocalBox())
+            return await waits.receive_local(
+                box, channel, lambda: self._read_local(state, key, box)
+            )
         buffer = state.buffers.setdefault(channel, deque())
         index, base = self._base(channel)
         client, script = state.clients[index], self._scripts["claim"]
+        orphaned = state.orphaned.setdefault(channel, set())
         while True:
+            if orphaned:
+                # A cancelled receive's take may be bringing a message home.
+                await asyncio.wait(set(orphaned))
             if buffer:
                 return buffer.popleft()
             with transport_errors("receive"):
-                rows, next_due = await take(
-                    client, script, base, 1, 0.0, lambda rows: buffer.extend(messages(rows))
+                rows, next_due = await waits.take(
+                    client,
+                    script,
+                    base,
+                    1,
+                    0.0,
+                    lambda rows: buffer.extend(waits.messages(rows)),
+                    orphaned,
                 )
             if rows:
-                return messages(rows)[0]
+                return waits.messages(rows)[0]
             with transport_errors("receive"):
-                await block(state.clients, [(index, base)], block_for(next_due, BLOCK_MAX))
+                await waits.block(
+                    state.clients, [(index, base)], waits.block_for(next_due, BLOCK_MAX)
+                )
 
     async def new_channel(self, prefix: str = "specific") -> str:
         """A new process-local channel name: ``prefix.<client>!<random>``."""
@@ -226,10 +206,10 @@ class RedisChannelLayer(QueueLayer):
         """Add ``channel`` to ``group`` for ``group_expiry`` seconds."""
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        key = group_key(self.prefix, group)
+        key = keys.group_key(self.prefix, group)
         client = self._state().clients[self._host(group)]
         calls: list[Call] = [
-            ("ZADD", key, number(clock.now()), channel),
+            ("ZADD", key, codec.number(clock.now()), channel),
             ("EXPIRE", key, int(self.group_expiry)),
         ]
         with transport_errors("group_add"):
@@ -241,17 +221,17 @@ class RedisChannelLayer(QueueLayer):
         self.require_valid_channel_name(channel)
         client = self._state().clients[self._host(group)]
         with transport_errors("group_discard"):
-            await run(client, [("ZREM", group_key(self.prefix, group), channel)])
+            await run(client, [("ZREM", keys.group_key(self.prefix, group), channel)])
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         """Send to every member of ``group``; full members miss it, nothing raises."""
         self.require_valid_group_name(group)
-        encode_message(message)  # refuse a bad message once, not per member
+        codec.encode_message(message)  # refuse a bad message once, not per member
         state = self._state()
-        key = group_key(self.prefix, group)
+        key = keys.group_key(self.prefix, group)
         now = clock.now()
         calls: list[Call] = [
-            ("ZREMRANGEBYSCORE", key, "-inf", number(now - self.group_expiry)),
+            ("ZREMRANGEBYSCORE", key, "-inf", codec.number(now - self.group_expiry)),
             ("ZRANGE", key, 0, -1),
         ]
         with transport_errors("group_send"):
@@ -273,7 +253,7 @@ class RedisChannelLayer(QueueLayer):
         state = self._state()
         for client in state.clients:
             with transport_errors("flush"):
-                for pattern in scan_patterns(self.prefix):
+                for pattern in keys.scan_patterns(self.prefix):
                     batch: list[bytes] = []
                     async for key in client.scan_iter(match=pattern, count=1000):
                         batch.append(key)
@@ -292,7 +272,7 @@ class RedisChannelLayer(QueueLayer):
         loop = asyncio.get_running_loop()
         state = self._loops.pop(loop, None)
         if state is not None:
-            await close_state(state)
+            await waits.close_state(state)
         with self._sync_lock:
             clients, self._sync_clients = self._sync_clients, None
         for client in clients or ():
@@ -300,17 +280,19 @@ class RedisChannelLayer(QueueLayer):
 
     close_pools = close  # the channels_redis name
 
-    async def _read_local(self, state: LoopState, key: str, box: LocalBox) -> None:
+    async def _read_local(self, state: waits.LoopState, key: str, box: waits.LocalBox) -> None:
         """Take messages for this process's ``!`` channels and hand them out."""
-        index, base = self._host(key), channel_base(self.prefix, key)
+        index, base = self._host(key), keys.channel_base(self.prefix, key)
         client, script = state.clients[index], self._scripts["claim"]
         try:
             while box.waiters > 0:
                 with transport_errors("receive"):
-                    rows, next_due = await take(client, script, base, 100, 0.0, box.dispatch)
+                    rows, next_due = await waits.take(client, script, base, 100, 0.0, box.dispatch)
                     box.dispatch(rows)
                     if not rows:
-                        await block(state.clients, [(index, base)], block_for(next_due, BLOCK_MAX))
+                        await waits.block(
+                            state.clients, [(index, base)], waits.block_for(next_due, BLOCK_MAX)
+                        )
         finally:
             box.signal()
 
@@ -322,11 +304,11 @@ class RedisChannelLayer(QueueLayer):
         """Store ``message`` and its queued ``record`` atomically; QueueFull at capacity."""
         self.require_valid_channel_name(channel)
         calls = self._enqueue_calls(channel, message, record, delay)
-        client = self._state().clients[self._base(channel)[0]]
+        batcher = self._state().batchers[self._base(channel)[0]]
         with transport_errors("enqueue"):
-            stored, _ = await run(client, calls)
+            stored, _ = await batcher.submit(calls)
             if stored == 0:
-                await run(client, [("DEL", locator_key(self.prefix, record.id))])
+                await batcher.submit([("DEL", keys.locator_key(self.prefix, record.id))])
         self._after_enqueue(channel, record, stored)
 
     def enqueue_sync(
@@ -339,7 +321,7 @@ class RedisChannelLayer(QueueLayer):
         with transport_errors("enqueue"):
             stored, _ = run_sync(client, calls)
             if stored == 0:
-                run_sync(client, [("DEL", locator_key(self.prefix, record.id))])
+                run_sync(client, [("DEL", keys.locator_key(self.prefix, record.id))])
         self._after_enqueue(channel, record, stored)
 
     def _enqueue_calls(
@@ -348,7 +330,11 @@ class RedisChannelLayer(QueueLayer):
         store = self._store_call(channel, message, clock.now(), record, max(0.0, delay))
         # The locator lets get_record(job_id) find the channel; it is written in
         # the same round trip but outside the script, as it lives in another slot.
-        locate: Call = ("SET", locator_key(self.prefix, record.id), self.non_local_name(channel))
+        locate: Call = (
+            "SET",
+            keys.locator_key(self.prefix, record.id),
+            self.non_local_name(channel),
+        )
         return [store, locate]
 
     def _after_enqueue(self, channel: str, record: JobRecord, stored: int) -> None:
@@ -378,9 +364,9 @@ class RedisChannelLayer(QueueLayer):
                 deliveries, next_due = await self._claim_once(state, names, limit, lease)
                 if deliveries or loop.time() >= end:
                     return deliveries
-                timeout = block_for(next_due, min(BLOCK_MAX, end - loop.time()))
+                timeout = waits.block_for(next_due, min(BLOCK_MAX, end - loop.time()))
                 with transport_errors("claim"):
-                    await block(state.clients, [self._base(n) for n in names], timeout)
+                    await waits.block(state.clients, [self._base(n) for n in names], timeout)
                 failures = 0
             except TransportError:
                 failures += 1
@@ -389,7 +375,7 @@ class RedisChannelLayer(QueueLayer):
                 await asyncio.sleep(min(0.05 * 2**failures, 1.0, end - loop.time()))
 
     async def _claim_once(
-        self, state: LoopState, names: list[str], limit: int, lease: float
+        self, state: waits.LoopState, names: list[str], limit: int, lease: float
     ) -> tuple[list[Delivery], float | None]:
         # Rotating the starting channel keeps one busy channel from starving the rest.
         state.rotation += 1
@@ -401,11 +387,11 @@ class RedisChannelLayer(QueueLayer):
                 break
             index, base = self._base(name)
 
-            def orphan(rows: list[Row], name: str = name) -> None:
+            def orphan(rows: list[waits.Row], name: str = name) -> None:
                 state.spawn(self.release(self._deliveries(name, rows)))
 
             with transport_errors("claim"):
-                rows, due = await take(
+                rows, due = await waits.take(
                     state.clients[index],
                     self._scripts["claim"],
                     base,
@@ -418,35 +404,18 @@ class RedisChannelLayer(QueueLayer):
                 next_due = due
         return deliveries, next_due
 
-    def _deliveries(self, channel: str, rows: list[Row]) -> list[Delivery]:
-        out = []
-        for raw_id, payload, attempt, token, reclaimed in rows:
-            try:
-                message = decode_message(payload)
-            except ValueError:
-                message = {}  # undecodable: the worker dead-letters it, bytes kept
-            target = message.pop(LOCAL_CHANNEL_KEY, channel)
-            job_id = job_id_of(message)
-            if job_id is not None:
-                self._remember(job_id, channel)
-            out.append(
-                Delivery(
-                    id=raw_id.decode(),
-                    channel=target if isinstance(target, str) else channel,
-                    message=message,
-                    attempt=int(attempt),
-                    token=str(token),
-                    reclaimed=bool(reclaimed),
-                    job_id=job_id,
-                )
-            )
+    def _deliveries(self, channel: str, rows: list[waits.Row]) -> list[Delivery]:
+        out = [codec.delivery(channel, row) for row in rows]
+        for item in out:
+            if item.job_id is not None:
+                self._remember(item.job_id, channel)
         return out
 
     async def _settle(self, calls_by_host: dict[int, list[Call]], what: str) -> list[Any]:
         state = self._state()
         with transport_errors(what):
             results = await asyncio.gather(
-                *(run(state.clients[i], calls) for i, calls in calls_by_host.items())
+                *(state.batchers[i].submit(calls) for i, calls in calls_by_host.items())
             )
         return [item for batch in results for item in batch]
 
@@ -459,11 +428,11 @@ class RedisChannelLayer(QueueLayer):
         # then the job's own final settle sets the expiry again.
         if delivery.job_id is None:
             return []
-        return [("PEXPIRE", locator_key(self.prefix, delivery.job_id), _ms(ttl))]
+        return [("PEXPIRE", keys.locator_key(self.prefix, delivery.job_id), _ms(ttl))]
 
     async def extend(self, deliveries: Sequence[Delivery], lease: float) -> None:
         """Push the leases of ``deliveries`` to now + ``lease``."""
-        deadline = number(clock.now() + lease)
+        deadline = codec.number(clock.now() + lease)
         calls: dict[int, list[Call]] = {}
         for delivery in deliveries:
             index = self._base(delivery.channel)[0]
@@ -473,14 +442,14 @@ class RedisChannelLayer(QueueLayer):
 
     async def ack(self, delivery: Delivery, result: Any, ttl: float) -> bool:
         """Remove the message; record succeeded with ``result`` for ``ttl`` s."""
-        call = self._settle_call(delivery, "ack", _ms(ttl), encode_value(result))
+        call = self._settle_call(delivery, "ack", _ms(ttl), codec.encode_value(result))
         return await self._settle_one(delivery, "ack", [call, *self._expire_locator(delivery, ttl)])
 
     async def retry(
         self, delivery: Delivery, delay: float, error_type: str, error_message: str
     ) -> bool:
         """Return the message, ready after ``delay``; record retrying with the error."""
-        due = number(clock.now() + max(0.0, delay))
+        due = codec.number(clock.now() + max(0.0, delay))
         call = self._settle_call(delivery, "retry", due, error_type, error_message)
         return await self._settle_one(delivery, "retry", [call])
 
@@ -502,7 +471,7 @@ class RedisChannelLayer(QueueLayer):
         ttl: float,
     ) -> bool:
         """Move the message to the dead letters; record failed, kept ``ttl`` s."""
-        info = encode_value([reason, clock.now(), delivery.job_id])
+        info = codec.encode_value([reason, clock.now(), delivery.job_id])
         call = self._settle_call(delivery, "dead", _ms(ttl), error_type, error_message, info)
         calls = [call, *self._expire_locator(delivery, ttl)]
         return await self._settle_one(delivery, "dead_letter", calls)
@@ -515,24 +484,24 @@ class RedisChannelLayer(QueueLayer):
         if cached is not None:
             return cached
         state = self._state()
-        key = locator_key(self.prefix, job_id)
+        key = keys.locator_key(self.prefix, job_id)
         with transport_errors("get_record"):
             found = await asyncio.gather(*(client.get(key) for client in state.clients))
         for channel in found:
             if channel is not None:
-                return text(channel)
+                return codec.text(channel)
         return None
 
     def _locate_sync(self, job_id: str) -> str | None:
         cached = self._job_channels.get(job_id)
         if cached is not None:
             return cached
-        key = locator_key(self.prefix, job_id)
+        key = keys.locator_key(self.prefix, job_id)
         with transport_errors("get_record"):
             for index in range(len(self.hosts)):
                 channel = self._sync(index).get(key)
                 if channel is not None:
-                    return text(channel)
+                    return codec.text(channel)
         return None
 
     async def set_progress(self, job_id: str, progress: float, message: str | None) -> None:
@@ -540,11 +509,11 @@ class RedisChannelLayer(QueueLayer):
         channel = await self._locate(job_id)
         if channel is None:
             return
-        key = record_key(self.prefix, channel, job_id)
-        args = [number(progress), "0" if message is None else "1", message or ""]
-        client = self._state().clients[self._host(channel)]
+        key = keys.record_key(self.prefix, channel, job_id)
+        args = [codec.number(progress), "0" if message is None else "1", message or ""]
+        batcher = self._state().batchers[self._host(channel)]
         with transport_errors("set_progress"):
-            await run(client, [("EVALSHA", self._scripts["progress"], [key], args)])
+            await batcher.submit([("EVALSHA", self._scripts["progress"], [key], args)])
 
     async def get_record(self, job_id: str) -> JobRecord | None:
         """The job's record, or None."""
@@ -553,8 +522,8 @@ class RedisChannelLayer(QueueLayer):
             return None
         client = self._state().clients[self._host(channel)]
         with transport_errors("get_record"):
-            raw = await client.hgetall(record_key(self.prefix, channel, job_id))
-        return decode_record(raw)
+            raw = await client.hgetall(keys.record_key(self.prefix, channel, job_id))
+        return codec.decode_record(raw)
 
     def get_record_sync(self, job_id: str) -> JobRecord | None:
         """:meth:`get_record` from sync code."""
@@ -562,19 +531,21 @@ class RedisChannelLayer(QueueLayer):
         if channel is None:
             return None
         with transport_errors("get_record"):
-            raw = self._sync(self._host(channel)).hgetall(record_key(self.prefix, channel, job_id))
-        return decode_record(raw)
+            raw = self._sync(self._host(channel)).hgetall(
+                keys.record_key(self.prefix, channel, job_id)
+            )
+        return codec.decode_record(raw)
 
     def _cancel_calls(self, channel: str, job_id: str) -> tuple[list[Call], Call]:
         ttl = get_settings().result_ttl
-        args = [job_id, number(clock.now()), _ms(ttl)]
+        args = [job_id, codec.number(clock.now()), _ms(ttl)]
         script: Call = (
             "EVALSHA",
             self._scripts["cancel"],
-            [channel_base(self.prefix, channel)],
+            [keys.channel_base(self.prefix, channel)],
             args,
         )
-        return [script], ("PEXPIRE", locator_key(self.prefix, job_id), _ms(ttl))
+        return [script], ("PEXPIRE", keys.locator_key(self.prefix, job_id), _ms(ttl))
 
     async def cancel(self, job_id: str) -> bool:
         """Remove a job still waiting (not leased); record cancelled."""
@@ -616,17 +587,10 @@ class RedisChannelLayer(QueueLayer):
             payloads, infos = await run(
                 client, [("HMGET", f"{base}:dead", *ids), ("HMGET", f"{base}:deadinfo", *ids)]
             )
-        letters = []
-        for raw_id, payload, info in zip(ids, payloads, infos, strict=True):
-            reason, failed_at, job_id = decode_value(info) if info else ("", 0.0, None)
-            try:
-                message: dict[str, Any] | None = decode_message(payload) if payload else None
-            except ValueError:
-                message = None
-            if message is not None:
-                message.pop(LOCAL_CHANNEL_KEY, None)
-            letters.append(DeadLetter(text(raw_id), channel, message, reason, failed_at, job_id))
-        return letters
+        return [
+            codec.dead_letter(channel, raw_id, payload, info)
+            for raw_id, payload, info in zip(ids, payloads, infos, strict=True)
+        ]
 
     async def requeue_dead(self, channel: str, ids: Sequence[str] | None = None) -> int:
         """Send dead letters (all, or ``ids``) back to ``channel`` from attempt 1."""
@@ -634,21 +598,19 @@ class RedisChannelLayer(QueueLayer):
         index, base = self._base(channel)
         client = self._state().clients[index]
         script = self._scripts["requeue"]
+        todo = None if ids is None else list(ids)
         count = 0
         with transport_errors("requeue_dead"):
-            while True:
-                chosen = list(ids or ())[:1000] if ids is not None else []
-                if ids is not None and not chosen:
-                    break
-                args = [number(clock.now()), *chosen]
+            # The script requeues up to 1000 at a time: the named ids, or the oldest.
+            while todo is None or todo:
+                chosen, todo = ([], None) if todo is None else (todo[:1000], todo[1000:])
+                args = [codec.number(clock.now()), *chosen]
                 (done,) = await run(client, [("EVALSHA", script, [base], args)])
-                jobs = [raw.decode() for raw in done if not raw.startswith(b".")]
+                jobs = [codec.text(raw) for raw in done if not raw.startswith(b".")]
                 if jobs:
-                    await run(client, [("PERSIST", locator_key(self.prefix, j)) for j in jobs])
+                    await run(client, [("PERSIST", keys.locator_key(self.prefix, j)) for j in jobs])
                 count += len(done)
-                if ids is not None:
-                    ids = list(ids)[1000:]
-                elif len(done) < 1000:
+                if ids is None and len(done) < 1000:
                     break
         return count
 

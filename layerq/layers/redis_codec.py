@@ -11,6 +11,7 @@ import msgspec
 from .. import clock
 from ..events import ENVELOPE_KEY, check_plain
 from ..jobs import JobRecord, JobStatus
+from .base import DeadLetter, Delivery
 
 #: where a message for a process-local channel carries its full channel name
 LOCAL_CHANNEL_KEY = "__asgi_channel__"
@@ -117,3 +118,37 @@ def decode_record(raw: Mapping[Any, Any]) -> JobRecord | None:
     fields.setdefault("type", "")
     fields.setdefault("channel", "")
     return JobRecord(**fields)
+
+
+def delivery(channel: str, row: list[Any]) -> Delivery:
+    """The Delivery for one row of redis_claim.lua: (id, payload, attempt, token, reclaimed)."""
+    raw_id, payload, attempt, token, reclaimed = row
+    try:
+        message = decode_message(payload)
+    except ValueError:
+        message = {}  # undecodable: the worker dead-letters it; the bytes stay stored
+    target = message.pop(LOCAL_CHANNEL_KEY, channel)
+    return Delivery(
+        id=text(raw_id),
+        channel=target if isinstance(target, str) else channel,
+        message=message,
+        attempt=int(attempt),
+        token=str(token),
+        reclaimed=bool(reclaimed),
+        job_id=job_id_of(message),
+    )
+
+
+def dead_letter(
+    channel: str, raw_id: bytes, payload: bytes | None, info: bytes | None
+) -> DeadLetter:
+    """A DeadLetter from its stored payload and msgpack [reason, failed_at, job_id]."""
+    reason, failed_at, job_id = decode_value(info) if info else ("", 0.0, None)
+    message: dict[str, Any] | None = None
+    if payload:
+        try:
+            message = decode_message(payload)
+            message.pop(LOCAL_CHANNEL_KEY, None)
+        except ValueError:
+            message = None
+    return DeadLetter(text(raw_id), channel, message, reason, failed_at, job_id)

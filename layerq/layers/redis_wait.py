@@ -21,7 +21,7 @@ import redis.asyncio
 
 from .. import clock
 from .redis_codec import LOCAL_CHANNEL_KEY, decode_message, number
-from .redis_conn import Call, run
+from .redis_conn import Batcher, Call, run
 from .redis_keys import Script
 
 #: (id, payload, attempt, token, reclaimed), one per message, from redis_claim.lua
@@ -58,7 +58,9 @@ class LoopState:
 
     def __init__(self, clients: list[redis.asyncio.Redis]) -> None:
         self.clients = clients
+        self.batchers = [Batcher(client) for client in clients]
         self.buffers: dict[str, deque[dict[str, Any]]] = {}
+        self.orphaned: dict[str, set[asyncio.Future[Any]]] = {}
         self.local: dict[str, LocalBox] = {}
         self.background: set[asyncio.Task[Any]] = set()
         self.rotation = 0
@@ -78,8 +80,13 @@ async def take(
     limit: int,
     lease: float,
     orphan: Orphan,
+    orphaned: set[asyncio.Future[Any]] | None = None,
 ) -> tuple[list[Row], float | None]:
-    """Run the take script (lease > 0: claim; 0: receive); also the next due time."""
+    """Run the take script (lease > 0: claim; 0: receive); also the next due time.
+
+    A take whose caller was cancelled stays in ``orphaned`` until its rows have
+    been handed to ``orphan``, so the next receiver can wait for them.
+    """
     now = clock.now()
     deadline = number(now + lease) if lease > 0 else "0"
     call: Call = ("EVALSHA", script, [base], [number(now), limit, deadline])
@@ -89,6 +96,9 @@ async def take(
     except asyncio.CancelledError:
         # The script may have run already; its messages must not vanish.
         task.add_done_callback(lambda done: _adopt(done, orphan))
+        if orphaned is not None:
+            orphaned.add(task)
+            task.add_done_callback(orphaned.discard)
         raise
     return rows, (float(raw_due) if raw_due else None)
 
@@ -168,6 +178,8 @@ async def close_state(state: LoopState) -> None:
     for task in readers:
         task.cancel()
     await asyncio.gather(*readers, *state.background, return_exceptions=True)
+    for batcher in state.batchers:
+        await batcher.close()
     for client in state.clients:
         await client.aclose()
 

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..errors import TransportError
 
@@ -116,6 +116,11 @@ class Database:
         db.execute("PRAGMA synchronous = NORMAL")
         return db
 
+    def connect_ready(self) -> sqlite3.Connection:
+        """:meth:`connect`, once the schema exists (for connections that only read)."""
+        self._ensure_schema()
+        return self.connect()
+
     def conn(self) -> sqlite3.Connection:
         """This thread's connection, creating the schema on first use."""
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -168,9 +173,9 @@ class Database:
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-        """Run one query outside any write transaction."""
+    def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(connection, *args)`` outside any write transaction."""
         try:
-            return self.conn().execute(sql, params).fetchall()
+            return fn(self.conn(), *args)
         except sqlite3.OperationalError as exc:
             raise TransportError(str(exc)) from exc

@@ -17,7 +17,11 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 
+import structlog
+
 from .. import clock
+
+log = structlog.get_logger("layerq")
 
 #: how often the watcher looks at data_version; bounds cross-process latency
 TICK = 0.002
@@ -64,13 +68,20 @@ class Waiters:
             loop = asyncio.get_running_loop()
             last_scan = 0.0
             while self._events:
-                # Reading data_version is a shared-memory read, cheap enough to
-                # do on the loop thread without an executor hop.
-                (current,) = db.execute("PRAGMA data_version").fetchone()
-                if current != version or loop.time() - last_scan >= SLOW_TICK:
-                    version = current
-                    last_scan = loop.time()
-                    self.wake(_ready_channels(db, list(self._events)))
+                try:
+                    # Reading data_version is a shared-memory read, cheap enough
+                    # to do on the loop thread without an executor hop.
+                    (current,) = db.execute("PRAGMA data_version").fetchone()
+                    if current != version or loop.time() - last_scan >= SLOW_TICK:
+                        version = current
+                        last_scan = loop.time()
+                        self.wake(_ready_channels(db, list(self._events)))
+                except sqlite3.Error as exc:
+                    # A busy or broken tick must not end the watching: receivers
+                    # would never be woken. Wake everyone to re-check, then go on.
+                    log.warning("layer.watch_failed", error=repr(exc))
+                    self.wake(list(self._events))
+                    await asyncio.sleep(SLOW_TICK)
                 await asyncio.sleep(TICK)
         finally:
             db.close()

@@ -50,9 +50,13 @@ class Deployment:
         log = self.log_path(name).open("wb")
         self._logs[name] = log
         self.processes[name] = subprocess.Popen(
-            [sys.executable, *args], cwd=WORKER_DIR, env=self.env,
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            [sys.executable, *args],
+            cwd=WORKER_DIR,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
 
     def output(self) -> str:
         """Everything the processes printed so far, one section each."""
@@ -133,9 +137,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     directory = tmp_path_factory.mktemp("demo")
     deployment = Deployment(directory, _free_port())
     migrate = subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput"], cwd=WORKER_DIR,
-        env=deployment.env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        cwd=WORKER_DIR,
+        env=deployment.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if migrate.returncode:
         pytest.fail(f"manage.py migrate failed:\n{migrate.stdout}\n{migrate.stderr}")
     try:

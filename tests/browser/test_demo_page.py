@@ -69,7 +69,7 @@ def test_slow_job_progress_moves_live_to_the_end(page: Any, deployment: Deployme
     expect(bar).to_have_attribute("value", "1")
     assert bar.evaluate("el => el.value === el.max")
     expect(row.locator(".layerq-status")).to_have_text("succeeded")
-    expect(row.locator(".job-outcome")).to_contain_text('"frames":6')
+    expect(row.locator(".job-outcome")).to_contain_text('"frames": 6')
     job_id = row.get_attribute("data-job-id")
     values = [float(v) for v in seen(page, job_id, "value") if v is not None]
     intermediate = {v for v in values if 0 < v < 1}
@@ -117,4 +117,4 @@ def test_finished_job_is_shown_again_after_a_reload(page: Any, deployment: Deplo
     again = page.locator(f'tr.job[data-job-id="{job_id}"]')
     expect(again.locator(".layerq-job")).to_have_attribute("data-status", "succeeded")
     expect(again.locator("progress")).to_have_attribute("value", "1")
-    expect(again.locator(".job-outcome")).to_contain_text('"frames":2')
+    expect(again.locator(".job-outcome")).to_contain_text('"frames": 2')

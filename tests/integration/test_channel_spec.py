@@ -164,3 +164,51 @@ async def test_layer_advertises_its_extensions(layer: Any) -> None:
     """Groups, flush and the layerq extension are advertised."""
     assert {"groups", "flush", "layerq"} <= set(layer.extensions)
     assert isinstance(layer.group_expiry, int)
+
+
+async def test_integer_map_keys_are_refused_at_send(layer: Any) -> None:
+    """A map with a non-string key fails at send, not after it left the queue."""
+    with pytest.raises(layerq.InvalidEvent):
+        await layer.send("spec-keys", {"type": "t", "map": {1: "one"}})
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(layer.receive("spec-keys"), 0.2)
+
+
+async def test_each_process_channel_has_its_own_capacity(layer: Any) -> None:
+    """One full '!' channel does not make the process's other channels full."""
+    layer.capacity = 1
+    full, free = await layer.new_channel(), await layer.new_channel()
+    await layer.send(full, {"type": "t"})
+    with pytest.raises(layerq.QueueFull):
+        await layer.send(full, {"type": "t"})
+    await layer.send(free, {"type": "t"})
+
+
+async def test_group_membership_expires(layer: Any) -> None:
+    """A member added longer than group_expiry ago gets nothing."""
+    layer.group_expiry = 100
+    start = clock.now()
+    channel = await layer.new_channel()
+    await layer.group_add("spec-old", channel)
+    clock.set_clock(lambda: start + 101)
+    try:
+        await layer.group_send("spec-old", {"type": "news"})
+    finally:
+        clock.set_clock(None)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(layer.receive(channel), 0.3)
+
+
+async def test_cancelled_receive_on_a_process_channel_loses_nothing(layer: Any) -> None:
+    """Cancelling receive() on a '!' channel never swallows a message."""
+    channel = await layer.new_channel()
+    for index in range(10):
+        waiting = asyncio.create_task(layer.receive(channel))
+        await asyncio.sleep(0.001 * (index % 3))
+        await layer.send(channel, {"type": "t", "n": index})
+        waiting.cancel()
+        try:
+            got = await waiting
+        except asyncio.CancelledError:
+            got = await asyncio.wait_for(layer.receive(channel), 5)
+        assert got["n"] == index

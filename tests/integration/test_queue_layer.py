@@ -17,8 +17,9 @@ async def enqueue(layer: Any, channel: str = "q", delay: float = 0.0, **fields: 
     """Enqueue one job message straight through the layer; its job id."""
     job_id = new_job_id()
     message = build_message("q.work", fields, Envelope(id=job_id, enqueued=clock.now()))
-    record = JobRecord(id=job_id, type="q.work", channel=channel, status=JobStatus.QUEUED,
-                       enqueued_at=clock.now())  # fmt: skip
+    record = JobRecord(
+        id=job_id, type="q.work", channel=channel, status=JobStatus.QUEUED, enqueued_at=clock.now()
+    )
     await layer.enqueue(channel, message, record, delay)
     return job_id
 
@@ -212,3 +213,46 @@ def test_sync_enqueue_and_record_need_no_event_loop(layer_settings: Any) -> None
     assert layer.get_record_sync(job_id).status is JobStatus.QUEUED
     assert layer.cancel_sync(job_id)
     assert layer.get_record_sync(job_id).status is JobStatus.CANCELLED
+
+
+async def test_claim_serves_several_channels(layer: Any) -> None:
+    """One claim over two channels gets the messages of both, within the limit."""
+    await enqueue(layer, "a")
+    await enqueue(layer, "b")
+    await enqueue(layer, "b")
+    deliveries = await layer.claim(["a", "b"], 10, 30, 0)
+    assert sorted(d.channel for d in deliveries) == ["a", "b", "b"]
+    assert await layer.claim(["a", "b"], 10, 30, 0) == []
+
+
+async def test_pending_counts_ready_delayed_and_leased(layer: Any) -> None:
+    """pending() counts everything stored for the channel until it is settled."""
+    await enqueue(layer)
+    await enqueue(layer)
+    await enqueue(layer, delay=60)
+    [delivery] = await layer.claim(["q"], 1, 30, 0)
+    assert await layer.pending("q") == 3
+    await layer.ack(delivery, None, 60)
+    assert await layer.pending("q") == 2
+
+
+async def test_plain_message_reaches_claim_to_be_dead_lettered(layer: Any) -> None:
+    """A message sent without an envelope is claimed (no job id) so it can be recorded."""
+    await layer.send("q", {"type": "legacy"})
+    [delivery] = await layer.claim(["q"], 1, 30, 0)
+    assert (delivery.job_id, delivery.message) == (None, {"type": "legacy"})
+    assert await layer.dead_letter(delivery, "no envelope", "InvalidEvent", "x", 60)
+    [letter] = await layer.dead_letters("q")
+    assert (letter.reason, letter.message) == ("no envelope", {"type": "legacy"})
+
+
+async def test_waiting_claim_wakes_within_milliseconds(layer: Any) -> None:
+    """A claim blocked on an empty channel returns soon after an enqueue."""
+    loop = asyncio.get_running_loop()
+    waiting = asyncio.create_task(layer.claim(["q"], 1, 30, 5))
+    await asyncio.sleep(0.2)
+    started = loop.time()
+    job_id = await enqueue(layer)
+    [delivery] = await asyncio.wait_for(waiting, 2)
+    assert delivery.job_id == job_id
+    assert loop.time() - started < 0.1

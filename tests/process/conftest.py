@@ -25,8 +25,11 @@ class WorkerProcess:
         self._out = log.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "django", "runworker", *args, "--log-format", "json"],
-            cwd=ROOT, env=env, stdout=self._out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=ROOT,
+            env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
 
     def signal(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)

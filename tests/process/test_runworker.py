@@ -89,3 +89,25 @@ def test_unrouted_channel_is_a_clear_error(shared_layer: Any, start_worker: Any)
     worker = start_worker("nowhere")
     assert worker.wait(30) != 0
     assert "no consumer is routed for channel 'nowhere'" in worker.output()
+
+
+def test_deadletters_command_lists_and_requeues(shared_layer: Any, start_worker: Any) -> None:
+    """`manage.py deadletters` shows a failed job's reason and can send it back."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from tests.app.events import Fail
+
+    job = Fail(message="disk full").send(max_attempts=1)
+    assert start_worker("math", "--burst").wait(30) == 0
+    out = StringIO()
+    call_command("deadletters", "math", stdout=out)
+    [line] = out.getvalue().splitlines()
+    letter = json.loads(line)
+    assert letter["job_id"] == job.id
+    assert "ValueError: disk full" in letter["reason"]
+    out = StringIO()
+    call_command("deadletters", "math", "--requeue", stdout=out)
+    assert "requeued 1" in out.getvalue()
+    assert job.status() is JobStatus.QUEUED

@@ -29,9 +29,13 @@ def test_producers_and_workers_share_one_file(shared_layer: Any, start_worker: A
     workers = [start_worker("math", "--concurrency", "8") for _ in range(2)]
     producers = [
         subprocess.Popen(
-            [sys.executable, "-c", PRODUCER, str(n), "300"], cwd=ROOT, env=shared_layer["env"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [sys.executable, "-c", PRODUCER, str(n), "300"],
+            cwd=ROOT,
+            env=shared_layer["env"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for n in range(4)
     ]
     ids: list[str] = []

@@ -28,9 +28,18 @@ def test_every_public_name_is_documented_in_the_readme() -> None:
 def test_design_names_are_part_of_the_api() -> None:
     """The names DESIGN.md fixes are exported."""
     fixed = {
-        "Event", "send", "asend", "Job", "JobStatus", "JobFailed", "QueueFull",
-        "WorkerConsumer", "AsyncWorkerConsumer", "JobEventsConsumer", "user_group",
-    }  # fmt: skip
+        "Event",
+        "send",
+        "asend",
+        "Job",
+        "JobStatus",
+        "JobFailed",
+        "QueueFull",
+        "WorkerConsumer",
+        "AsyncWorkerConsumer",
+        "JobEventsConsumer",
+        "user_group",
+    }
     assert fixed <= set(layerq.__all__)
 
 
@@ -51,7 +60,10 @@ def test_importing_layerq_opens_no_connection() -> None:
 
     code = "import layerq, layerq.layers; print('ok')"
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
         env={"PATH": "", "PYTHONPATH": str(README.parent)},
-    )  # fmt: skip
+    )
     assert out.stdout.strip() == "ok", out.stderr

@@ -24,9 +24,11 @@ class Command(BaseCommand):
             "--burst", action="store_true", help="exit when the channels have no ready jobs"
         )
         parser.add_argument(
-            "--shutdown-timeout", type=float, default=30.0,
+            "--shutdown-timeout",
+            type=float,
+            default=30.0,
             help="seconds running jobs get to finish after SIGTERM/SIGINT",
-        )  # fmt: skip
+        )
         parser.add_argument("--layer", default=None, help="CHANNEL_LAYERS alias")
         parser.add_argument("--log-level", default="INFO")
         parser.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
@@ -47,10 +49,13 @@ class Command(BaseCommand):
 
     async def _run(self, application: Any, options: dict[str, Any]) -> int:
         worker = Worker(
-            application, options["channels"], concurrency=options["concurrency"],
-            burst=options["burst"], shutdown_timeout=options["shutdown_timeout"],
+            application,
+            options["channels"],
+            concurrency=options["concurrency"],
+            burst=options["burst"],
+            shutdown_timeout=options["shutdown_timeout"],
             layer_alias=options["layer"],
-        )  # fmt: skip
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.request_stop)

@@ -20,7 +20,8 @@
     var cell = row.querySelector(".job-outcome");
     if (job.status === "succeeded") {
       cell.className = "job-outcome ok";
-      cell.textContent = JSON.stringify(job.result);
+      // One line, with the spaces JSON.stringify leaves out, so it wraps between values.
+      cell.textContent = JSON.stringify(job.result, null, 1).replace(/\n\s*/g, " ");
     } else if (job.status === "failed" && job.error) {
       cell.className = "job-outcome failed";
       cell.textContent = job.error.type + ": " + job.error.message;

@@ -1,0 +1,201 @@
+"""What only RedisChannelLayer has to get right: prefixes, shards, blocking reads, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from layerq import clock
+from layerq.errors import TransportError
+from layerq.events import Envelope, build_message, new_job_id
+from layerq.jobs import JobRecord, JobStatus
+from layerq.layers.redis import RedisChannelLayer
+from layerq.testing import RedisServer, redis_server_binary
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+async def redis_layer(
+    redis_server: RedisServer, request: pytest.FixtureRequest
+) -> AsyncIterator[RedisChannelLayer]:
+    """A layer with a prefix of its own, flushed and closed after the test."""
+    layer = RedisChannelLayer(hosts=[redis_server.url], prefix=f"r{abs(hash(request.node.name))}")
+    yield layer
+    await layer.flush()
+    await layer.close()
+
+
+async def receive(layer: RedisChannelLayer, channel: str, timeout: float = 5) -> dict[str, Any]:
+    return await asyncio.wait_for(layer.receive(channel), timeout)
+
+
+def job(channel: str) -> tuple[dict[str, Any], JobRecord]:
+    """A job message and its queued record."""
+    job_id = new_job_id()
+    message = build_message("t.job", {}, Envelope(id=job_id, enqueued=clock.now()))
+    return message, JobRecord(id=job_id, type="t.job", channel=channel, status=JobStatus.QUEUED)
+
+
+async def test_flush_deletes_only_its_own_prefix(
+    redis_layer: RedisChannelLayer, redis_server: RedisServer
+) -> None:
+    """flush() empties this layer's keys (by SCAN) and leaves other prefixes alone."""
+    neighbour = RedisChannelLayer(hosts=[redis_server.url], prefix=f"{redis_layer.prefix}x")
+    try:
+        await neighbour.send("kept", {"type": "t"})
+        await redis_layer.send("gone", {"type": "t"})
+        await redis_layer.group_add("g", "gone")
+        await redis_layer.flush()
+        assert await redis_layer.pending("gone") == 0
+        await redis_layer.group_send("g", {"type": "t"})
+        assert await redis_layer.pending("gone") == 0
+        assert await neighbour.pending("kept") == 1
+    finally:
+        await neighbour.flush()
+        await neighbour.close()
+
+
+async def test_idle_receive_outlasts_its_blocking_timeout(redis_layer: RedisChannelLayer) -> None:
+    """A receive() idle across several blocking cycles still gets the late message (#422)."""
+    waiting = asyncio.create_task(redis_layer.receive("late"))
+    await asyncio.sleep(2.5)
+    assert not waiting.done()
+    await redis_layer.send("late", {"type": "t"})
+    assert await asyncio.wait_for(waiting, 2) == {"type": "t"}
+
+
+async def test_local_channels_are_read_on_the_right_shard(redis_server: RedisServer) -> None:
+    """With two hosts, a '!' channel gets messages sent by another process (channels#1492)."""
+    with RedisServer() as second:
+        hosts: list[Any] = [redis_server.url, {"address": second.url}]
+        receiver = RedisChannelLayer(hosts=hosts, prefix="shard")
+        sender = RedisChannelLayer(hosts=list(reversed(hosts)), prefix="shard")
+        try:
+            channels = [await receiver.new_channel() for _ in range(8)]
+            for index, channel in enumerate(channels):
+                await sender.send(channel, {"type": "t", "n": index})
+            for index, channel in enumerate(channels):
+                assert (await receive(receiver, channel))["n"] == index
+            for index in range(20):  # plain channels spread over both hosts
+                await sender.send(f"spread-{index}", {"type": "t"})
+                assert await receive(receiver, f"spread-{index}") == {"type": "t"}
+        finally:
+            await receiver.flush()
+            await receiver.close()
+            await sender.close()
+
+
+async def test_finished_records_expire_in_redis(
+    redis_layer: RedisChannelLayer, redis_server: RedisServer
+) -> None:
+    """A settled record is removed by Redis itself after its ttl, not only hidden."""
+    message, record = job("q")
+    await redis_layer.enqueue("q", message, record)
+    [delivery] = await redis_layer.claim(["q"], 1, 30, 0)
+    await redis_layer.ack(delivery, 1, 0.2)
+    await asyncio.sleep(0.4)
+    fresh = RedisChannelLayer(hosts=[redis_server.url], prefix=redis_layer.prefix)
+    try:
+        assert await fresh.get_record(record.id) is None
+    finally:
+        await fresh.close()
+
+
+async def test_operations_work_again_after_redis_restarts() -> None:
+    """After Redis restarts on its port, send, receive, enqueue and claim reconnect."""
+    with RedisServer() as server:
+        layer = RedisChannelLayer(hosts=[server.url], prefix="restart")
+        try:
+            await layer.send("before", {"type": "t"})
+            assert await receive(layer, "before") == {"type": "t"}
+            waiting = asyncio.create_task(layer.claim(["jobs"], 1, 30, 10))
+            await asyncio.sleep(0.1)
+            await asyncio.to_thread(server.restart)
+            message, record = job("jobs")
+            await layer.enqueue("jobs", message, record)
+            [delivery] = await asyncio.wait_for(waiting, 10)
+            assert delivery.job_id == record.id
+            assert await layer.ack(delivery, "done", 60)
+            await layer.send("after", {"type": "t"})
+            assert await receive(layer, "after") == {"type": "t"}
+            layer.enqueue_sync("jobs", *job("jobs"))
+            assert await layer.pending("jobs") == 1
+        finally:
+            await layer.close()
+
+
+async def test_claim_during_an_outage_recovers_within_its_wait() -> None:
+    """A claim spanning a Redis stop and start returns the job enqueued after it."""
+    with RedisServer() as server:
+        layer = RedisChannelLayer(hosts=[server.url], prefix="outage")
+        try:
+            await layer.claim(["q"], 1, 30, 0)
+            server.stop()
+            waiting = asyncio.create_task(layer.claim(["q"], 1, 30, 8))
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(server.start)
+            message, record = job("q")
+            await layer.enqueue("q", message, record)
+            [delivery] = await asyncio.wait_for(waiting, 10)
+            assert delivery.job_id == record.id
+        finally:
+            await layer.close()
+
+
+async def test_redis_down_past_the_retry_bound_raises_transport_error() -> None:
+    """An operation gives up with TransportError when Redis stays down."""
+    with RedisServer() as server:
+        layer = RedisChannelLayer(hosts=[server.url], prefix="down")
+        try:
+            await layer.send("c", {"type": "t"})
+            server.stop()
+            with pytest.raises(TransportError):
+                await layer.send("c", {"type": "t"})
+            with pytest.raises(TransportError):
+                await layer.claim(["c"], 1, 30, 0.5)
+            with pytest.raises(TransportError):
+                layer.get_record_sync("nope")
+        finally:
+            await layer.close()
+
+
+def test_a_fresh_layer_finds_a_record_by_job_id_alone(redis_server: RedisServer) -> None:
+    """get_record_sync and cancel_sync work in a process that never saw the job."""
+    sender = RedisChannelLayer(hosts=[redis_server.url], prefix="locate")
+    message, record = job("sync-jobs")
+    sender.enqueue_sync("sync-jobs", message, record)
+    fresh = RedisChannelLayer(hosts=[redis_server.url], prefix="locate")
+    found = fresh.get_record_sync(record.id)
+    assert found is not None
+    assert found.status is JobStatus.QUEUED
+    assert fresh.cancel_sync(record.id)
+    assert not fresh.cancel_sync(record.id)
+
+    async def close() -> None:
+        await fresh.flush()
+        await sender.close()
+        await fresh.close()
+
+    asyncio.run(close())
+
+
+def test_missing_redis_server_binary_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without redis-server on PATH the test helper names the apt-get command."""
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="apt-get install -y redis-server"):
+        redis_server_binary()
+
+
+def test_redis_server_restarts_on_the_same_port() -> None:
+    """RedisServer.restart() brings the server back on its port, answering PING."""
+    with RedisServer() as server:
+        port = server.port
+        server.restart()
+        assert server.running
+        assert server.url == f"redis://127.0.0.1:{port}/0"
+    assert not server.running
