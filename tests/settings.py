@@ -32,7 +32,10 @@ if os.environ.get("LAYERQ_TEST_REDIS_URL"):
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "layerq.layers.RedisChannelLayer",
-            "CONFIG": {"hosts": [os.environ["LAYERQ_TEST_REDIS_URL"]]},
+            "CONFIG": {
+                "hosts": [os.environ["LAYERQ_TEST_REDIS_URL"]],
+                "prefix": os.environ.get("LAYERQ_TEST_REDIS_PREFIX", "asgi"),
+            },
         }
     }
 else:

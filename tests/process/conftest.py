@@ -51,23 +51,39 @@ class WorkerProcess:
         self._out.close()
 
 
-@pytest.fixture
-def shared_layer(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """A SQLite layer file this test and its worker processes share."""
-    path = tmp_path / "layer.sqlite3"
-    layers = {
-        "default": {"BACKEND": "layerq.layers.SQLiteChannelLayer", "CONFIG": {"path": str(path)}}
-    }
+@pytest.fixture(params=["sqlite", "redis"])
+def shared_layer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A layer (SQLite file or Redis prefix) this test and its worker processes share."""
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
         "PYTHONPATH": str(ROOT),
-        "LAYERQ_TEST_LAYER_DB": str(path),
         "LAYERQ_TEST_LEASE": "1",
         "LAYERQ_TEST_RUNS": str(tmp_path / "runs.txt"),
     }
-    with override_settings(CHANNEL_LAYERS=layers):
-        yield {"env": env, "runs": tmp_path / "runs.txt", "tmp": tmp_path}
+    env.pop("LAYERQ_TEST_REDIS_URL", None)
+    server = None
+    if request.param == "sqlite":
+        path = str(tmp_path / "layer.sqlite3")
+        env["LAYERQ_TEST_LAYER_DB"] = path
+        layer = {"BACKEND": "layerq.layers.SQLiteChannelLayer", "CONFIG": {"path": path}}
+    else:
+        server = request.getfixturevalue("redis_server")
+        prefix = f"p{abs(hash(request.node.nodeid))}"
+        env["LAYERQ_TEST_REDIS_URL"] = server.url
+        env["LAYERQ_TEST_REDIS_PREFIX"] = prefix
+        layer = {
+            "BACKEND": "layerq.layers.RedisChannelLayer",
+            "CONFIG": {"hosts": [server.url], "prefix": prefix},
+        }
+    with override_settings(CHANNEL_LAYERS={"default": layer}):
+        yield {
+            "env": env,
+            "runs": tmp_path / "runs.txt",
+            "tmp": tmp_path,
+            "backend": request.param,
+            "server": server,
+        }
 
 
 @pytest.fixture
