@@ -1,8 +1,8 @@
 # The front door: `make demo` runs the reference deployment, `make test` runs every check.
 PYTHON ?= python3
 VENV ?= .venv
-BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+BIN := $(abspath $(VENV))/bin
+STAMP := $(abspath $(VENV))/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PORT ?= 8000
 
 .PHONY: install demo test lint typecheck pytest bench clean
@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	cd worker && ../$(BIN)/python manage.py migrate --noinput
+	cd worker && $(BIN)/python manage.py migrate --noinput
 	@echo "layerq demo: open http://127.0.0.1:$(PORT)/"
-	cd worker && PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" ../$(BIN)/honcho start -f ../Procfile
+	cd worker && PORT=$(PORT) PATH="$(BIN):$$PATH" $(BIN)/honcho start -f ../Procfile
 
 lint: install
 	$(BIN)/ruff check .

@@ -138,10 +138,11 @@ def document(outcomes: Sequence[Outcome], config: Config, command: str) -> str:
         "",
         table(outcomes),
         "",
-        "Ratios (above 1x is faster drain, or slower result):",
-        "",
-        ratios(outcomes),
-        "",
+    ]
+    ratio_table = ratios(outcomes)
+    if ratio_table:
+        parts += ["Ratios (above 1x is faster drain, or slower result):", "", ratio_table, ""]
+    parts += [
         "## How each system was run",
         "",
         notes(outcomes),

@@ -57,18 +57,29 @@ def _raise_for(record: JobRecord) -> None:
 
 
 class Job:
-    """A sent job: its id at once, its status and result when asked."""
+    """A sent job: its id at once, its status and result when asked.
+
+    ``Job(job_id)`` rebuilds a handle from a stored id; ``channel`` and ``type``
+    are informative only (records are found by id).
+    """
 
     __slots__ = ("channel", "id", "layer_alias", "type")
 
-    def __init__(self, id: str, *, channel: str, type: str, layer_alias: str | None = None) -> None:
+    def __init__(
+        self,
+        id: str,
+        *,
+        channel: str | None = None,
+        type: str | None = None,
+        layer_alias: str | None = None,
+    ) -> None:
         self.id = id
         self.channel = channel
         self.type = type
         self.layer_alias = layer_alias
 
     def __repr__(self) -> str:
-        return f"<Job {self.id} {self.type} on {self.channel!r}>"
+        return f"<Job {self.id} {self.type or '?'} on {self.channel or '?'}>"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Job) and other.id == self.id

@@ -35,7 +35,13 @@ settings.configure(
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # The defaults (capacity 100, expiry 60 s) would refuse or expire the backlog.
-            "CONFIG": {"hosts": [_config.redis_url], "capacity": 100_000, "expiry": 600},
+            # redis-py 8's 5 s socket timeout equals channels_redis's 5 s blocking pop, so
+            # an idle runworker dies (channels_redis#422) unless the timeout is raised.
+            "CONFIG": {
+                "hosts": [{"address": _config.redis_url, "socket_timeout": 30}],
+                "capacity": 100_000,
+                "expiry": 600,
+            },
         }
     },
 )

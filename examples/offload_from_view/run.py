@@ -81,7 +81,7 @@ def main(tmp: Path) -> None:
 
     for job_id in job_ids:
         # A handle for a job id the client got back from the view.
-        job = layerq.Job(job_id, channel="emails", type=WelcomeEmail.event_type)
+        job = layerq.Job(job_id)
         result = job.result(timeout=5)
         print(f"job {job.id}: {job.status()} {json.dumps(result)}")
         assert result == {"sent_to": "ada@example.com"}

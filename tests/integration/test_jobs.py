@@ -195,10 +195,17 @@ async def test_result_timeout_when_no_worker_runs(layer: Any) -> None:
         await job.aresult(timeout=0.1)
 
 
+async def test_a_handle_rebuilt_from_the_id_alone_reads_the_record(layer: Any) -> None:
+    """layerq.Job(job_id) finds the record a producer created."""
+    sent = await Add(a=3, b=3).asend()
+    async with running_worker(["math"]):
+        assert await layerq.Job(sent.id).aresult(timeout=10) == 6
+
+
 async def test_unknown_job_id_raises_job_not_found(layer: Any) -> None:
     """A Job handle with an id nobody sent has no record."""
     with pytest.raises(layerq.JobNotFound):
-        await layerq.Job("0" * 32, channel="math", type="math.add").astatus()
+        await layerq.Job("0" * 32).astatus()
 
 
 @override_settings(LAYERQ={"max_attempts": 1, "sign": True})

@@ -113,3 +113,21 @@ def test_redis_restart_mid_drain_loses_no_acknowledged_job(
     assert len(sent) + len(refused) == JOBS
     assert set(sent) <= set(ran), "every job sent ran"
     report(capsys, f"redis restart ({len(refused)} sends refused)", sum(ran.values()) - len(ran))
+
+
+def test_several_worker_processes_never_run_a_job_twice(
+    shared_layer: Any, start_worker: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Four workers on one channel share 1000 jobs: each runs exactly once (channels_redis#163)."""
+    jobs = [Sleep(seconds=0.001, marker=f"s{i}").send() for i in range(JOBS)]
+    workers = [start_worker("slow", "--concurrency", "4") for _ in range(4)]
+    wait_until(lambda: len(runs(shared_layer["runs"])) >= JOBS, 90, "every job to run")
+    wait_until(lambda: all_succeeded(jobs), 60, "every job to succeed")
+    for worker in workers:
+        worker.signal(signal.SIGTERM)
+    for worker in workers:
+        assert worker.wait(30) == 0, worker.output()
+    ran = Counter(runs(shared_layer["runs"]))
+    report(capsys, f"{shared_layer['backend']} 4 workers, no faults", sum(ran.values()) - JOBS)
+    assert set(ran) == {f"s{i}" for i in range(JOBS)}
+    assert max(ran.values()) == 1, "a job ran twice without any fault"

@@ -33,7 +33,7 @@ def _remember(request: HttpRequest, job: layerq.Job) -> None:
 def _remembered(request: HttpRequest, job_id: str) -> layerq.Job | None:
     for job in request.session.get(SESSION_JOBS, []):
         if job["id"] == job_id:
-            return layerq.Job(job["id"], channel=job["channel"], type=job["type"])
+            return layerq.Job(job["id"])
     return None
 
 
