@@ -123,7 +123,13 @@ class BasicSource:
     async def close(self) -> None:
         for task in self._receives.values():
             task.cancel()
-        for task in self._receives.values():
+        unclaimed = []
+        for channel, task in self._receives.items():
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                # A receive that completed before the cancel holds a message
+                # that left the layer: it goes back rather than with us.
+                unclaimed.append(
+                    Delivery(id="", channel=channel, message=await task, attempt=1, token="")
+                )
         self._receives.clear()
+        await self.release(unclaimed)

@@ -70,3 +70,16 @@ async def test_unsigned_message_is_logged_dead_in_basic_mode(inmemory: Any) -> N
                 await asyncio.sleep(0.01)
     [dead] = [entry for entry in logs if entry["event"] == "job.dead"]
     assert "no layerq envelope" in dead["reason"]
+
+
+async def test_stopping_leaves_unstarted_messages_on_the_channel(inmemory: Any) -> None:
+    """A graceful stop in basic mode finishes the running job and keeps the others queued."""
+    from tests.app.events import Sleep
+
+    for index in range(3):
+        await Sleep(seconds=0.2, marker=f"b{index}").asend()
+    async with running_worker(["slow"], concurrency=1) as worker:
+        await asyncio.sleep(0.05)
+    assert worker.processed == 1
+    left = [await asyncio.wait_for(inmemory.receive("slow"), 1) for _ in range(2)]
+    assert [message["marker"] for message in left] == ["b1", "b2"]
