@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         shutil.rmtree(tmp)
     text = report.document(
-        outcomes, config, "python -m bench.run " + shlex.join(argv or sys.argv[1:])
+        outcomes, config, shlex.join(["python", "-m", "bench.run", *(argv or sys.argv[1:])])
     )
     print()
     print(report.table(outcomes))

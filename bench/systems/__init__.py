@@ -114,16 +114,17 @@ SYSTEMS = [
         "Huey (RedisHuey)",
         "huey_system",
         venv="huey",
-        note="RedisHuey (blocking BRPOP), 1 worker thread (default); result via"
-        " result.get(blocking=True) (polls from 0.1 s, backoff 1.15)",
+        note="RedisHuey (blocking BRPOP) with notify_result=True (result.get(blocking=True)"
+        " waits on BLPOP instead of polling from 50 ms), 1 worker thread (default)",
     ),
     System(
         "channels",
         "Channels runworker + channels_redis",
         "channels_system",
         venv="channels",
-        note="RedisChannelLayer capacity 100k, expiry 600 s; no results: the consumer"
-        " sends a reply message to the producer's channel",
+        note="RedisChannelLayer capacity 100k, expiry 600 s, socket_timeout 30 s (with redis-py"
+        " 8's 5 s default an idle runworker dies, channels_redis#422); no results: the"
+        " consumer sends a reply message to the producer's channel",
     ),
 ]
 

@@ -134,7 +134,11 @@ def versions(packages: Sequence[str]) -> dict[str, str]:
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            found[name] = "?"
+            # Run from a checkout without being installed (layerq itself, often).
+            try:
+                found[name] = str(importlib.import_module(name).__version__)
+            except (ImportError, AttributeError):
+                found[name] = "?"
     return found
 
 
