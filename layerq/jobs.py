@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
-import time
 from typing import Any
 
 import msgspec
@@ -120,34 +118,19 @@ class Job:
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the outcome; return the handler's value or raise JobFailed."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = 0.002
-        while True:
-            record = self.record()
-            if record.status.is_terminal:
-                _raise_for(record)
-                return record.result
-            if deadline is not None and time.monotonic() >= deadline:
-                raise ResultTimeout(f"job {self.id} is still {record.status} after {timeout}s")
-            wait = pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic()))
-            time.sleep(wait)
-            pause = min(pause * 1.5, 0.05)
+        return self._outcome(self._layer().wait_record_sync(self.id, timeout), timeout)
 
     async def aresult(self, timeout: float | None = None) -> Any:
         """Async :meth:`result`."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        pause = 0.002
-        while True:
-            record = await self.arecord()
-            if record.status.is_terminal:
-                _raise_for(record)
-                return record.result
-            if deadline is not None and loop.time() >= deadline:
-                raise ResultTimeout(f"job {self.id} is still {record.status} after {timeout}s")
-            wait = pause if deadline is None else min(pause, max(0.0, deadline - loop.time()))
-            await asyncio.sleep(wait)
-            pause = min(pause * 1.5, 0.05)
+        return self._outcome(await self._layer().wait_record(self.id, timeout), timeout)
+
+    def _outcome(self, record: JobRecord | None, timeout: float | None) -> Any:
+        if record is None:
+            raise JobNotFound(f"no record for job {self.id}")
+        if not record.status.is_terminal:
+            raise ResultTimeout(f"job {self.id} is still {record.status} after {timeout}s")
+        _raise_for(record)
+        return record.result
 
     def cancel(self) -> bool:
         """Cancel the job if it has not started; True when it was cancelled."""

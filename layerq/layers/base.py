@@ -19,8 +19,10 @@ runs again, nor an acked message with a running record.
 from __future__ import annotations
 
 import abc
+import asyncio
 import dataclasses
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from channels.layers import BaseChannelLayer
@@ -135,6 +137,39 @@ class QueueLayer(BaseChannelLayer, abc.ABC):  # type: ignore[misc]
     def get_record_sync(self, job_id: str) -> JobRecord | None:
         """:meth:`get_record` for sync code."""
 
+    async def wait_record(self, job_id: str, timeout: float | None) -> JobRecord | None:
+        """The record once it is terminal, or as it is when ``timeout`` passes.
+
+        None when there is no record. This default polls (from 0.5 ms, backing
+        off to 20 ms); a layer that can be told when a job ends overrides it.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        for pause in _pauses():
+            record = await self.get_record(job_id)
+            if record is None or record.status.is_terminal:
+                return record
+            if deadline is not None:
+                pause = min(pause, deadline - loop.time())
+                if pause <= 0:
+                    return record
+            await asyncio.sleep(pause)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def wait_record_sync(self, job_id: str, timeout: float | None) -> JobRecord | None:
+        """:meth:`wait_record` for sync code."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for pause in _pauses():
+            record = self.get_record_sync(job_id)
+            if record is None or record.status.is_terminal:
+                return record
+            if deadline is not None:
+                pause = min(pause, deadline - time.monotonic())
+                if pause <= 0:
+                    return record
+            time.sleep(pause)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     @abc.abstractmethod
     async def cancel(self, job_id: str) -> bool:
         """Remove a job that is still waiting (not leased); record cancelled."""
@@ -159,6 +194,14 @@ class QueueLayer(BaseChannelLayer, abc.ABC):  # type: ignore[misc]
     @abc.abstractmethod
     async def pending(self, channel: str) -> int:
         """Messages stored for ``channel``: ready, delayed and leased."""
+
+
+def _pauses() -> Iterator[float]:
+    """Poll intervals: short at first (most jobs are quick), then backing off."""
+    pause = 0.0005
+    while True:
+        yield pause
+        pause = min(pause * 1.5, 0.02)
 
 
 def is_queue_layer(layer: object) -> bool:
