@@ -239,7 +239,10 @@ class Worker:
         )
         if delivery.reclaimed:
             log.warning("job.reclaimed")
-        log.info("job.started", queued_for=round(max(0.0, clock.now() - envelope.enqueued), 6))
+        # One INFO line per job (job.succeeded carries queued_for and duration);
+        # job.started is DEBUG so a busy worker does not pay for two lines a job.
+        queued_for = round(max(0.0, clock.now() - envelope.enqueued), 6)
+        log.debug("job.started", queued_for=queued_for)
         await self._notify(job, "started", status="running")
         timeout = envelope.timeout or self.settings.timeout
         began = time.monotonic()
@@ -260,7 +263,7 @@ class Worker:
             duration = round(time.monotonic() - began, 6)
             if await self.source.ack(delivery, result, self.settings.result_ttl):
                 self._settled(delivery)
-                log.info("job.succeeded", duration=duration)
+                log.info("job.succeeded", duration=duration, queued_for=queued_for)
                 await self._notify(job, "succeeded", status="succeeded", result=result)
             else:
                 log.warning("job.lease_lost", duration=duration)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import secrets
 import sqlite3
@@ -36,6 +37,13 @@ T = TypeVar("T")
 
 #: how often expired messages, groups and records are swept, at most
 SWEEP_EVERY = 5.0
+
+
+@dataclasses.dataclass(slots=True)
+class _Outcome:
+    fn: Callable[..., bool]
+    args: tuple[Any, ...]
+    future: asyncio.Future[bool]
 
 
 class SQLiteChannelLayer(QueueLayer):
@@ -70,6 +78,10 @@ class SQLiteChannelLayer(QueueLayer):
         # receive() on the channel gets them, so cancellation loses nothing.
         self._buffers: dict[str, deque[dict[str, Any]]] = {}
         self._last_sweep = 0.0
+        # Outcomes (ack, retry, dead letter) settled in the same moments share
+        # one transaction: a group commit per event loop, one in flight at a time.
+        self._outcomes: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+        self._committers: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<SQLiteChannelLayer {self.db.path}>"
@@ -85,6 +97,40 @@ class SQLiteChannelLayer(QueueLayer):
 
     def _write_sync(self, fn: Callable[..., T], *args: Any) -> T:
         return self.db.write(lambda db: fn(db, *args))
+
+    async def _settle(self, fn: Callable[..., bool], *args: Any) -> bool:
+        """Run ``fn(db, *args)`` in the next group commit of this loop."""
+        loop = asyncio.get_running_loop()
+        outcome = _Outcome(fn, args, loop.create_future())
+        queued = self._outcomes.get(loop)
+        if queued is None:
+            self._outcomes[loop] = [outcome]
+            # Held so the task is not garbage-collected while it commits.
+            committer = loop.create_task(self._commit_outcomes(loop))
+            self._committers.add(committer)
+            committer.add_done_callback(self._committers.discard)
+        else:
+            queued.append(outcome)
+        return await outcome.future
+
+    async def _commit_outcomes(self, loop: asyncio.AbstractEventLoop) -> None:
+        while batch := self._outcomes.get(loop):
+            self._outcomes[loop] = []
+
+            def settle(db: sqlite3.Connection, batch: list[_Outcome] = batch) -> list[bool]:
+                return [outcome.fn(db, *outcome.args) for outcome in batch]
+
+            try:
+                results = await self._run(functools.partial(self.db.write, settle))
+            except Exception as exc:
+                for outcome in batch:
+                    if not outcome.future.done():
+                        outcome.future.set_exception(exc)
+            else:
+                for outcome, result in zip(batch, results, strict=True):
+                    if not outcome.future.done():
+                        outcome.future.set_result(result)
+        self._outcomes.pop(loop, None)
 
     def _waiting(self) -> Waiters:
         loop = asyncio.get_running_loop()
@@ -247,13 +293,13 @@ class SQLiteChannelLayer(QueueLayer):
 
     async def ack(self, delivery: Delivery, result: Any, ttl: float) -> bool:
         """Done: remove the message, record succeeded with ``result``."""
-        return await self._write(ops.ack, delivery, result, ttl)
+        return await self._settle(ops.ack, delivery, result, ttl)
 
     async def retry(
         self, delivery: Delivery, delay: float, error_type: str, error_message: str
     ) -> bool:
         """Return the message, ready after ``delay``; record retrying."""
-        return await self._write(ops.retry, delivery, delay, error_type, error_message)
+        return await self._settle(ops.retry, delivery, delay, error_type, error_message)
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Return unrun messages now; the attempt they took is given back."""
@@ -268,7 +314,7 @@ class SQLiteChannelLayer(QueueLayer):
         self, delivery: Delivery, reason: str, error_type: str, error_message: str, ttl: float
     ) -> bool:
         """Move the message to the dead letters; record failed."""
-        return await self._write(ops.dead_letter, delivery, reason, error_type, error_message, ttl)
+        return await self._settle(ops.dead_letter, delivery, reason, error_type, error_message, ttl)
 
     # --- records ---------------------------------------------------------------
 

@@ -103,6 +103,9 @@ class Database:
         self.busy_timeout = busy_timeout
         self._local = threading.local()
         self._init_lock = threading.Lock()
+        # Threads of one process queue here for the write lock: SQLite's busy
+        # handler would make them sleep and poll for it instead.
+        self._write_lock = threading.Lock()
         self._initialised = False
 
     def connect(self) -> sqlite3.Connection:
@@ -152,25 +155,26 @@ class Database:
     def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one immediate transaction, retrying a bounded number of times."""
         db = self.conn()
-        for attempt in range(WRITE_TRIES):
-            try:
-                db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if not _locked(exc):
-                    raise TransportError(str(exc)) from exc
-                if attempt == WRITE_TRIES - 1:
-                    raise TransportError(
-                        f"{self.path} stayed locked for {WRITE_TRIES}x{self.busy_timeout}s"
-                    ) from exc
-                time.sleep(0.01 * (attempt + 1))
-                continue
-            try:
-                result = fn(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return result
+        with self._write_lock:
+            for attempt in range(WRITE_TRIES):
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if not _locked(exc):
+                        raise TransportError(str(exc)) from exc
+                    if attempt == WRITE_TRIES - 1:
+                        raise TransportError(
+                            f"{self.path} stayed locked for {WRITE_TRIES}x{self.busy_timeout}s"
+                        ) from exc
+                    time.sleep(0.01 * (attempt + 1))
+                    continue
+                try:
+                    result = fn(db)
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+                return result
         raise AssertionError("unreachable")  # pragma: no cover
 
     def read(self, fn: Callable[..., T], *args: Any) -> T:

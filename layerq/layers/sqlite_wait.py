@@ -23,8 +23,13 @@ from .. import clock
 
 log = structlog.get_logger("layerq")
 
-#: how often the watcher looks at data_version; bounds cross-process latency
-TICK = 0.002
+#: how often the watcher looks at data_version while work flows; bounds latency
+TICK = 0.001
+#: ... and after IDLE_AFTER seconds without a commit, to spend less on idle polling
+IDLE_TICK = 0.005
+IDLE_AFTER = 1.0
+#: a watcher without waiters keeps its connection this long before it stops
+LINGER = 2.0
 #: re-check even without commits, for delayed messages and expired leases
 SLOW_TICK = 0.05
 
@@ -64,17 +69,26 @@ class Waiters:
     async def _watch(self) -> None:
         db = self._connect()
         try:
-            version = -1
             loop = asyncio.get_running_loop()
-            last_scan = 0.0
-            while self._events:
+            version = -1
+            last_scan = last_change = unwatched_since = loop.time()
+            while True:
+                now = loop.time()
+                if not self._events:
+                    if now - unwatched_since > LINGER:
+                        break
+                    await asyncio.sleep(IDLE_TICK)
+                    continue
+                unwatched_since = now
                 try:
                     # Reading data_version is a shared-memory read, cheap enough
                     # to do on the loop thread without an executor hop.
                     (current,) = db.execute("PRAGMA data_version").fetchone()
-                    if current != version or loop.time() - last_scan >= SLOW_TICK:
+                    if current != version:
+                        last_change = now
+                    if current != version or now - last_scan >= SLOW_TICK:
                         version = current
-                        last_scan = loop.time()
+                        last_scan = now
                         self.wake(_ready_channels(db, list(self._events)))
                 except sqlite3.Error as exc:
                     # A busy or broken tick must not end the watching: receivers
@@ -82,7 +96,7 @@ class Waiters:
                     log.warning("layer.watch_failed", error=repr(exc))
                     self.wake(list(self._events))
                     await asyncio.sleep(SLOW_TICK)
-                await asyncio.sleep(TICK)
+                await asyncio.sleep(TICK if now - last_change < IDLE_AFTER else IDLE_TICK)
         finally:
             db.close()
 

@@ -19,18 +19,33 @@ pytestmark = [pytest.mark.process, pytest.mark.timeout(90)]
 def test_runworker_runs_jobs_and_logs_lifecycle_events(
     shared_layer: Any, start_worker: Any
 ) -> None:
-    """A job sent from this process is run by runworker, which logs it as JSON."""
-    job = Add(a=20, b=22).send()
-    worker = start_worker("math", "--burst")
-    assert worker.wait(30) == 0, worker.output()
-    assert job.result(timeout=1) == 42
-    events = [json.loads(line)["event"] for line in worker.output().splitlines() if line]
-    assert [e for e in events if e.startswith(("worker.started", "job.", "worker.stopped"))] == [
+    """runworker runs a job and logs it as JSON: one INFO line a job, job.started at DEBUG."""
+    first = Add(a=20, b=22).send()
+    quiet = start_worker("math", "--burst")
+    assert quiet.wait(30) == 0, quiet.output()
+    assert first.result(timeout=1) == 42
+    lines = [json.loads(line) for line in quiet.output().splitlines() if line]
+    assert [line["event"] for line in lines] == [
         "worker.started",
-        "job.started",
         "job.succeeded",
         "worker.stopped",
     ]
+    succeeded = lines[1]
+    assert succeeded["job_id"] == first.id
+    assert (succeeded["type"], succeeded["channel"], succeeded["attempt"]) == (
+        "math.add",
+        "math",
+        1,
+    )
+    assert succeeded["duration"] >= 0
+    assert succeeded["queued_for"] >= 0
+
+    second = Add(a=1, b=1).send()
+    verbose = start_worker("math", "--burst", "--log-level", "DEBUG")
+    assert verbose.wait(30) == 0, verbose.output()
+    assert second.result(timeout=1) == 2
+    events = [json.loads(line)["event"] for line in verbose.output().splitlines() if line]
+    assert [e for e in events if e.startswith("job.")] == ["job.started", "job.succeeded"]
 
 
 def test_sigterm_lets_running_jobs_finish_and_leaves_the_rest_queued(
