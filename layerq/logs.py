@@ -10,14 +10,25 @@ from __future__ import annotations
 import logging
 import sys
 
+import msgspec
 import structlog
+
+_encoder = msgspec.json.Encoder(enc_hook=str)
+
+
+def _dumps(event: object, **kwargs: object) -> str:
+    # msgspec writes a JSON line several times faster than json.dumps; values
+    # it cannot encode (paths, decimals, ...) are written as their str().
+    return _encoder.encode(event).decode()
 
 
 def configure(level: str = "INFO", json: bool | None = None) -> None:
     """Configure structlog for this process (``json=None``: JSON unless stderr is a TTY)."""
     as_json = not sys.stderr.isatty() if json is None else json
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer(serializer=_dumps)
+        if as_json
+        else structlog.dev.ConsoleRenderer()
     )
     structlog.configure(
         processors=[

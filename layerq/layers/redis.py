@@ -536,6 +536,32 @@ class RedisChannelLayer(QueueLayer):
             )
         return codec.decode_record(raw)
 
+    async def wait_record(self, job_id: str, timeout: float | None) -> JobRecord | None:
+        """The record once the job ended (woken by its end, no polling), or at ``timeout``."""
+        channel = await self._locate(job_id)
+        if channel is None:
+            return None
+        client = self._state().clients[self._host(channel)]
+        record, done = self._watch_keys(channel, job_id)
+        with transport_errors("wait_record"):
+            return await waits.wait_record(client, self._scripts["watch"], record, done, timeout)
+
+    def wait_record_sync(self, job_id: str, timeout: float | None) -> JobRecord | None:
+        """:meth:`wait_record` from sync code."""
+        channel = self._locate_sync(job_id)
+        if channel is None:
+            return None
+        client = self._sync(self._host(channel))
+        record, done = self._watch_keys(channel, job_id)
+        with transport_errors("wait_record"):
+            return waits.wait_record_sync(client, self._scripts["watch"], record, done, timeout)
+
+    def _watch_keys(self, channel: str, job_id: str) -> tuple[str, str]:
+        return (
+            keys.record_key(self.prefix, channel, job_id),
+            keys.done_key(self.prefix, channel, job_id),
+        )
+
     def _cancel_calls(self, channel: str, job_id: str) -> tuple[list[Call], Call]:
         ttl = get_settings().result_ttl
         args = [job_id, codec.number(clock.now()), _ms(ttl)]

@@ -1,7 +1,8 @@
 -- Cancel a job that is still waiting (ready or delayed, not leased).
 --
 -- KEYS[1]  base "{prefix:channel}"; touches base..":msg", ":lease", ":ready",
---          ":delay", ":exp", ":att", ":rel", ":recl", ":job:"..id
+--          ":delay", ":exp", ":att", ":rel", ":recl", ":job:"..id, ":done:"..id
+--          (a token for waiters, when redis_watch.lua marked the record)
 -- ARGV[1]  job id (= message id)
 -- ARGV[2]  now (epoch seconds)
 -- ARGV[3]  record ttl (ms)
@@ -26,5 +27,10 @@ if redis.call('EXISTS', record) == 1 then
   redis.call('HSET', record, 'status', 'cancelled', 'finished_at', ARGV[2],
     'expires_at', ARGV[2] + ARGV[3] / 1000)
   redis.call('PEXPIRE', record, ARGV[3])
+  if redis.call('HDEL', record, 'watch') == 1 then
+    local done = base .. ':done:' .. id
+    redis.call('RPUSH', done, '1')
+    redis.call('PEXPIRE', done, 10000)
+  end
 end
 return 1

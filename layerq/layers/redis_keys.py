@@ -16,6 +16,7 @@ Cluster keeps a channel in one slot and a script may touch all of it::
     {prefix:channel}:deadinfo   HASH  id -> [reason, at, job]    why they died
     {prefix:channel}:deadq      ZSET  id -> failed_at            dead letters, oldest first
     {prefix:channel}:job:<id>   HASH  JobRecord fields           the job record
+    {prefix:channel}:done:<id>  LIST  one token, 10 s TTL        wakes result waiters
     prefix:loc:<job id>         STRING channel                   finds a record by job id
     prefix:group:<group>        ZSET  channel -> joined at       group members
 
@@ -36,7 +37,7 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
 
-SCRIPT_NAMES = ("enqueue", "claim", "settle", "cancel", "requeue", "progress")
+SCRIPT_NAMES = ("enqueue", "claim", "settle", "cancel", "requeue", "progress", "watch")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -65,6 +66,11 @@ def channel_base(prefix: str, channel: str) -> str:
 
 def record_key(prefix: str, channel: str, job_id: str) -> str:
     return f"{channel_base(prefix, channel)}:job:{job_id}"
+
+
+def done_key(prefix: str, channel: str, job_id: str) -> str:
+    """Where a watched job's end leaves a wake-up token (same slot as its record)."""
+    return f"{channel_base(prefix, channel)}:done:{job_id}"
 
 
 def locator_key(prefix: str, job_id: str) -> str:

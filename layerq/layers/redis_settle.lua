@@ -5,7 +5,8 @@
 --          ":recl", ":msg", ":ready", ":delay", ":wake", ":dead" (HASH id ->
 --          payload), ":deadinfo" (HASH id -> msgpack [reason, failed_at, job_id]),
 --          ":deadq" (ZSET id -> failed_at), ":job:"..id (the job record; its
---          expires_at field mirrors the Redis TTL on layerq's clock, for tests)
+--          expires_at field mirrors the Redis TTL on layerq's clock, for tests),
+--          ":done:"..id (LIST: a token for waiters, when the record is watched)
 -- ARGV[1]  op: ack | retry | release | dead | extend
 -- ARGV[2]  message id
 -- ARGV[3]  lease token (the delivery count handed out by claim)
@@ -40,6 +41,16 @@ local function wake()
   end
 end
 
+-- A waiter (redis_watch.lua) marked the record: leave a token that wakes every
+-- waiter (they rotate it, BLMOVE), gone by itself after a few seconds.
+local function done()
+  if redis.call('HDEL', record, 'watch') == 1 then
+    local key = base .. ':done:' .. id
+    redis.call('RPUSH', key, '1')
+    redis.call('PEXPIRE', key, 10000)
+  end
+end
+
 redis.call('ZREM', lease, id)
 redis.call('SREM', base .. ':recl', id)
 
@@ -52,6 +63,7 @@ if op == 'ack' then
       'progress', '1.0', 'expires_at', ARGV[4] + ARGV[5] / 1000)
     redis.call('HDEL', record, 'error_type', 'error_message')
     redis.call('PEXPIRE', record, ARGV[5])
+    done()
   end
 elseif op == 'retry' then
   if tonumber(ARGV[5]) > tonumber(ARGV[4]) then
@@ -86,6 +98,7 @@ elseif op == 'dead' then
     redis.call('HSET', record, 'status', 'failed', 'finished_at', ARGV[4],
       'error_type', ARGV[6], 'error_message', ARGV[7], 'expires_at', ARGV[4] + ARGV[5] / 1000)
     redis.call('PEXPIRE', record, ARGV[5])
+    done()
   end
 else
   return redis.error_reply('unknown settle op ' .. op)

@@ -11,17 +11,20 @@ instead of vanishing (channels_redis#348).
 from __future__ import annotations
 
 import asyncio
+import time
 import types
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import redis
 import redis.asyncio
 
 from .. import clock
-from .redis_codec import LOCAL_CHANNEL_KEY, decode_message, number
-from .redis_conn import Batcher, Call, run
+from ..jobs import JobRecord
+from .redis_codec import LOCAL_CHANNEL_KEY, decode_message, decode_record, number
+from .redis_conn import BLOCK_MAX, Batcher, Call, run, run_sync
 from .redis_keys import Script
 
 #: (id, payload, attempt, token, reclaimed), one per message, from redis_claim.lua
@@ -127,6 +130,65 @@ async def block(
         await asyncio.gather(*waits, return_exceptions=True)
     for wait in done:
         wait.result()
+
+
+async def wait_record(
+    client: redis.asyncio.Redis,
+    script: Script,
+    record: str,
+    done: str,
+    timeout: float | None,
+) -> JobRecord | None:
+    """The record once terminal (or as it is after ``timeout`` s); None without one.
+
+    Each read marks the record watched (redis_watch.lua), so the job's end
+    pushes a token to ``done``; BLMOVE-ing it back onto its own list wakes
+    every waiter, not only the first. Blocking is in chunks below the socket
+    timeout, and every chunk ends with a fresh read, so even a token that
+    expired unseen costs at most one chunk.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    call: Call = ("EVALSHA", script, [record, done], [])
+    while True:
+        (raw,) = await run(client, [call])
+        found = _record(raw)
+        if found is None or found.status.is_terminal:
+            return found
+        left = BLOCK_MAX if deadline is None else min(BLOCK_MAX, deadline - loop.time())
+        if left <= 0:
+            return found
+        await client.execute_command(  # type: ignore[no-untyped-call]
+            "BLMOVE", done, done, "RIGHT", "LEFT", _block_seconds(left)
+        )
+
+
+def wait_record_sync(
+    client: redis.Redis, script: Script, record: str, done: str, timeout: float | None
+) -> JobRecord | None:
+    """:func:`wait_record` on a sync client."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    call: Call = ("EVALSHA", script, [record, done], [])
+    while True:
+        (raw,) = run_sync(client, [call])
+        found = _record(raw)
+        if found is None or found.status.is_terminal:
+            return found
+        left = BLOCK_MAX if deadline is None else min(BLOCK_MAX, deadline - time.monotonic())
+        if left <= 0:
+            return found
+        client.execute_command(  # type: ignore[no-untyped-call]
+            "BLMOVE", done, done, "RIGHT", "LEFT", _block_seconds(left)
+        )
+
+
+def _record(raw: list[Any]) -> JobRecord | None:
+    return decode_record(dict(zip(raw[::2], raw[1::2], strict=True)))
+
+
+def _block_seconds(left: float) -> float:
+    # 0 would block forever; Redis reads the timeout to the millisecond.
+    return max(0.001, round(left, 3))
 
 
 def block_for(next_due: float | None, cap: float) -> float:
