@@ -163,6 +163,10 @@ def _basic_checks(layer: object, prepared: _Prepared) -> None:
 
 
 def _queued(prepared: _Prepared) -> None:
+    # Unconfigured, structlog prints every level to stdout: a web process that
+    # never set it up would get a debug line per send (and pay ~6x for it).
+    if not structlog.is_configured():
+        return
     log.debug(
         "job.queued",
         job_id=prepared.job.id,
