@@ -48,14 +48,15 @@ def test_runworker_runs_jobs_and_logs_lifecycle_events(
     assert [e for e in events if e.startswith("job.")] == ["job.started", "job.succeeded"]
 
 
-def test_sigterm_lets_running_jobs_finish_and_leaves_the_rest_queued(
-    shared_layer: Any, start_worker: Any
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_lets_running_jobs_finish_and_leaves_the_rest_queued(
+    shared_layer: Any, start_worker: Any, stop: signal.Signals
 ) -> None:
-    """On SIGTERM the jobs in flight finish; jobs not yet started stay queued."""
+    """On SIGTERM or SIGINT the jobs in flight finish; jobs not yet started stay queued."""
     jobs = [Sleep(seconds=1.0, marker=f"j{i}").send() for i in range(6)]
     worker = start_worker("slow", "--concurrency", "3", "--shutdown-timeout", "20")
     wait_until(lambda: len(runs(shared_layer["runs"])) == 3, 20, "three jobs to start")
-    worker.signal(signal.SIGTERM)
+    worker.signal(stop)
     assert worker.wait(30) == 0, worker.output()
     statuses = [job.status() for job in jobs]
     assert statuses.count(JobStatus.SUCCEEDED) == 3, statuses
