@@ -44,6 +44,9 @@ from .redis_conn import BLOCK_MAX, Call, async_client, run, run_sync, sync_clien
 #: job id -> channel, for jobs this process sent or claimed; cleared when full
 _CHANNEL_CACHE_SIZE = 10_000
 
+#: settle ops that end a job: its record and locator start to expire
+_FINAL_OPS = frozenset({"ack", "dead"})
+
 
 class RedisChannelLayer(QueueLayer):
     """A Channels layer on one or more Redis servers, with leases and job records."""
@@ -129,25 +132,30 @@ class RedisChannelLayer(QueueLayer):
                 # the id lets the scripts hold each one to its own capacity.
                 suffix = channel[channel.index("!") + 1 :]
                 message_id = f"{message_id}!{suffix}"
-        payload = codec.encode_message(message)
+        # A job's fields were checked by the producer that built the record.
+        payload = codec.encode_message(message, checked=record is not None)
         expires = "0" if job_id else codec.number(now + self.expiry)
-        args: list[Any] = [
-            message_id,
-            payload,
+        meta: list[Any] = [
             codec.number(now),
-            codec.number(now + delay),
+            codec.number(now + delay) if delay > 0 else "0",
             expires,
             self.get_capacity(channel),
             suffix,
         ]
+        script_keys = [self._base(channel)[1]]
         if record is not None:
-            args += codec.encode_record(record)
-        return ("EVALSHA", self._scripts["enqueue"], [self._base(channel)[1]], args)
+            script_keys.append(keys.locator_key(self.prefix, record.id))
+            meta += (self.non_local_name(channel), codec.record_pairs(record))
+        args = [message_id, payload, codec.encode_value(meta)]
+        return ("EVALSHA", self._scripts["enqueue"], script_keys, args)
 
     def _settle_call(self, delivery: Delivery, op: str, *extra: Any) -> Call:
-        base = self._base(delivery.channel)[1]
+        script_keys = [self._base(delivery.channel)[1]]
+        if op in _FINAL_OPS and delivery.job_id is not None:
+            # The locator expires with the record, in the same script.
+            script_keys.append(keys.locator_key(self.prefix, delivery.job_id))
         args = [op, delivery.id, delivery.token, codec.number(clock.now()), *extra]
-        return ("EVALSHA", self._scripts["settle"], [base], args)
+        return ("EVALSHA", self._scripts["settle"], script_keys, args)
 
     # --- Channels layer spec ------------------------------------------------
 
@@ -157,7 +165,7 @@ class RedisChannelLayer(QueueLayer):
         call = self._store_call(channel, message, clock.now())
         batcher = self._state().batchers[self._base(channel)[0]]
         with transport_errors("send"):
-            (stored,) = await batcher.submit([call])
+            (stored,) = await batcher.call([call])
         if stored == 0:
             raise QueueFull(f"channel {channel!r} is at capacity")
 
@@ -303,12 +311,10 @@ class RedisChannelLayer(QueueLayer):
     ) -> None:
         """Store ``message`` and its queued ``record`` atomically; QueueFull at capacity."""
         self.require_valid_channel_name(channel)
-        calls = self._enqueue_calls(channel, message, record, delay)
+        call = self._store_call(channel, message, clock.now(), record, max(0.0, delay))
         batcher = self._state().batchers[self._base(channel)[0]]
         with transport_errors("enqueue"):
-            stored, _ = await batcher.submit(calls)
-            if stored == 0:
-                await batcher.submit([("DEL", keys.locator_key(self.prefix, record.id))])
+            (stored,) = await batcher.call([call])
         self._after_enqueue(channel, record, stored)
 
     def enqueue_sync(
@@ -316,26 +322,11 @@ class RedisChannelLayer(QueueLayer):
     ) -> None:
         """:meth:`enqueue` from sync code, on a sync client: no event loop."""
         self.require_valid_channel_name(channel)
-        calls = self._enqueue_calls(channel, message, record, delay)
+        call = self._store_call(channel, message, clock.now(), record, max(0.0, delay))
         client = self._sync(self._base(channel)[0])
         with transport_errors("enqueue"):
-            stored, _ = run_sync(client, calls)
-            if stored == 0:
-                run_sync(client, [("DEL", keys.locator_key(self.prefix, record.id))])
+            (stored,) = run_sync(client, [call])
         self._after_enqueue(channel, record, stored)
-
-    def _enqueue_calls(
-        self, channel: str, message: dict[str, Any], record: JobRecord, delay: float
-    ) -> list[Call]:
-        store = self._store_call(channel, message, clock.now(), record, max(0.0, delay))
-        # The locator lets get_record(job_id) find the channel; it is written in
-        # the same round trip but outside the script, as it lives in another slot.
-        locate: Call = (
-            "SET",
-            keys.locator_key(self.prefix, record.id),
-            self.non_local_name(channel),
-        )
-        return [store, locate]
 
     def _after_enqueue(self, channel: str, record: JobRecord, stored: int) -> None:
         if stored == 0:
@@ -415,20 +406,13 @@ class RedisChannelLayer(QueueLayer):
         state = self._state()
         with transport_errors(what):
             results = await asyncio.gather(
-                *(state.batchers[i].submit(calls) for i, calls in calls_by_host.items())
+                *(state.batchers[i].call(calls) for i, calls in calls_by_host.items())
             )
         return [item for batch in results for item in batch]
 
     async def _settle_one(self, delivery: Delivery, what: str, calls: list[Call]) -> bool:
         (done, *_) = await self._settle({self._base(delivery.channel)[0]: calls}, what)
         return bool(done)
-
-    def _expire_locator(self, delivery: Delivery, ttl: float) -> list[Call]:
-        # Pipelined with the settle script and run even when the token was stale:
-        # then the job's own final settle sets the expiry again.
-        if delivery.job_id is None:
-            return []
-        return [("PEXPIRE", keys.locator_key(self.prefix, delivery.job_id), _ms(ttl))]
 
     async def extend(self, deliveries: Sequence[Delivery], lease: float) -> None:
         """Push the leases of ``deliveries`` to now + ``lease``."""
@@ -443,7 +427,7 @@ class RedisChannelLayer(QueueLayer):
     async def ack(self, delivery: Delivery, result: Any, ttl: float) -> bool:
         """Remove the message; record succeeded with ``result`` for ``ttl`` s."""
         call = self._settle_call(delivery, "ack", _ms(ttl), codec.encode_value(result))
-        return await self._settle_one(delivery, "ack", [call, *self._expire_locator(delivery, ttl)])
+        return await self._settle_one(delivery, "ack", [call])
 
     async def retry(
         self, delivery: Delivery, delay: float, error_type: str, error_message: str
@@ -473,8 +457,7 @@ class RedisChannelLayer(QueueLayer):
         """Move the message to the dead letters; record failed, kept ``ttl`` s."""
         info = codec.encode_value([reason, clock.now(), delivery.job_id])
         call = self._settle_call(delivery, "dead", _ms(ttl), error_type, error_message, info)
-        calls = [call, *self._expire_locator(delivery, ttl)]
-        return await self._settle_one(delivery, "dead_letter", calls)
+        return await self._settle_one(delivery, "dead_letter", [call])
 
     # --- records ------------------------------------------------------------------
 
@@ -513,7 +496,7 @@ class RedisChannelLayer(QueueLayer):
         args = [codec.number(progress), "0" if message is None else "1", message or ""]
         batcher = self._state().batchers[self._host(channel)]
         with transport_errors("set_progress"):
-            await batcher.submit([("EVALSHA", self._scripts["progress"], [key], args)])
+            await batcher.call([("EVALSHA", self._scripts["progress"], [key], args)])
 
     async def get_record(self, job_id: str) -> JobRecord | None:
         """The job's record, or None."""
@@ -562,28 +545,23 @@ class RedisChannelLayer(QueueLayer):
             keys.done_key(self.prefix, channel, job_id),
         )
 
-    def _cancel_calls(self, channel: str, job_id: str) -> tuple[list[Call], Call]:
+    def _cancel_call(self, channel: str, job_id: str) -> Call:
         ttl = get_settings().result_ttl
+        script_keys = [
+            keys.channel_base(self.prefix, channel),
+            keys.locator_key(self.prefix, job_id),
+        ]
         args = [job_id, codec.number(clock.now()), _ms(ttl)]
-        script: Call = (
-            "EVALSHA",
-            self._scripts["cancel"],
-            [keys.channel_base(self.prefix, channel)],
-            args,
-        )
-        return [script], ("PEXPIRE", keys.locator_key(self.prefix, job_id), _ms(ttl))
+        return ("EVALSHA", self._scripts["cancel"], script_keys, args)
 
     async def cancel(self, job_id: str) -> bool:
         """Remove a job still waiting (not leased); record cancelled."""
         channel = await self._locate(job_id)
         if channel is None:
             return False
-        calls, expire = self._cancel_calls(channel, job_id)
         client = self._state().clients[self._host(channel)]
         with transport_errors("cancel"):
-            (cancelled,) = await run(client, calls)
-            if cancelled:
-                await run(client, [expire])
+            (cancelled,) = await run(client, [self._cancel_call(channel, job_id)])
         return bool(cancelled)
 
     def cancel_sync(self, job_id: str) -> bool:
@@ -591,12 +569,9 @@ class RedisChannelLayer(QueueLayer):
         channel = self._locate_sync(job_id)
         if channel is None:
             return False
-        calls, expire = self._cancel_calls(channel, job_id)
         client = self._sync(self._host(channel))
         with transport_errors("cancel"):
-            (cancelled,) = run_sync(client, calls)
-            if cancelled:
-                run_sync(client, [expire])
+            (cancelled,) = run_sync(client, [self._cancel_call(channel, job_id)])
         return bool(cancelled)
 
     # --- dead letters ---------------------------------------------------------------

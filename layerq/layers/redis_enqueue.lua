@@ -5,29 +5,37 @@
 --          ":delay" (ZSET id -> due), ":exp" (ZSET id -> expiry of plain messages),
 --          ":wake" (LIST of wake-up tokens), ":job:"..id (HASH, the job record),
 --          ":local" (HASH process-local suffix -> messages stored for it)
+-- KEYS[2]  job messages only: the locator "prefix:loc:<id>" (STRING channel), which
+--          lets any process find the record by job id. It lives in another hash
+--          slot, so this script needs standalone Redis servers (the layer shards
+--          over several by itself); on Redis Cluster it would be refused (CROSSSLOT).
 -- ARGV[1]  message id (the job id for job messages)
 -- ARGV[2]  payload (msgpack)
--- ARGV[3]  now (epoch seconds)
--- ARGV[4]  due: ready at this time (<= now: ready at once)
--- ARGV[5]  expires at (0: durable, never expires)
--- ARGV[6]  capacity: messages the channel may hold (ready, delayed and leased)
--- ARGV[7]  process-local suffix ('' for other channels): the part after '!', whose
---          own count is held to the capacity, as every '!' channel shares one list
--- ARGV[8..] job record field/value pairs (none for plain messages)
+-- ARGV[3]  the rest, as one msgpack array (packing many small arguments was the
+--          producer's largest cost per send):
+--          [1] now (epoch seconds, a string)
+--          [2] due: ready at this time (<= now: ready at once)
+--          [3] expires at (0: durable, never expires)
+--          [4] capacity: messages the channel may hold (ready, delayed and leased)
+--          [5] process-local suffix ('' for other channels): the part after '!', whose
+--              own count is held to the capacity, as every '!' channel shares one list
+--          [6] job messages only: the channel, for the locator
+--          [7] job messages only: the record's field/value pairs (strings)
 -- Returns 1 stored, 0 channel full (nothing stored), 2 already stored (a retried send).
 local base = KEYS[1]
 local msg = base .. ':msg'
 local ready = base .. ':ready'
 local exp = base .. ':exp'
 local id = ARGV[1]
-local now = tonumber(ARGV[3])
+local meta = cmsgpack.unpack(ARGV[3])
+local now = tonumber(meta[1])
 
 if redis.call('HEXISTS', msg, id) == 1 then
   return 2
 end
 
-local capacity = tonumber(ARGV[6])
-local suffix = ARGV[7]
+local capacity = tonumber(meta[4])
+local suffix = meta[5]
 local counts = base .. ':local'
 local function stored()
   if suffix ~= '' then
@@ -57,20 +65,21 @@ redis.call('HSET', msg, id, ARGV[2])
 if suffix ~= '' then
   redis.call('HINCRBY', counts, suffix, 1)
 end
-local due = tonumber(ARGV[4])
+local due = tonumber(meta[2])
 if due > now then
   redis.call('ZADD', base .. ':delay', due, id)
 else
   redis.call('RPUSH', ready, id)
 end
-local expires = tonumber(ARGV[5])
+local expires = tonumber(meta[3])
 if expires > 0 then
   redis.call('ZADD', exp, expires, id)
 end
-if #ARGV > 7 then
+if meta[7] then
   local record = base .. ':job:' .. id
   redis.call('DEL', record)
-  redis.call('HSET', record, unpack(ARGV, 8, #ARGV))
+  redis.call('HSET', record, unpack(meta[7]))
+  redis.call('SET', KEYS[2], meta[6])
 end
 -- One token per message wakes one blocked receiver; the cap bounds the
 -- spurious wake-ups left behind when nobody was waiting.

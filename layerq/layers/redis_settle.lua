@@ -6,7 +6,10 @@
 --          payload), ":deadinfo" (HASH id -> msgpack [reason, failed_at, job_id]),
 --          ":deadq" (ZSET id -> failed_at), ":job:"..id (the job record; its
 --          expires_at field mirrors the Redis TTL on layerq's clock, for tests),
---          ":done:"..id (LIST: a token for waiters, when the record is watched)
+--          ":done:"..id (LIST: the final record for waiters, when it is watched;
+--          length-prefixed field/value pairs)
+-- KEYS[2]  job messages only: the locator "prefix:loc:<id>", which expires with the
+--          record on ack and dead (another slot: see redis_enqueue.lua)
 -- ARGV[1]  op: ack | retry | release | dead | extend
 -- ARGV[2]  message id
 -- ARGV[3]  lease token (the delivery count handed out by claim)
@@ -41,12 +44,26 @@ local function wake()
   end
 end
 
--- A waiter (redis_watch.lua) marked the record: leave a token that wakes every
--- waiter (they rotate it, BLMOVE), gone by itself after a few seconds.
+-- The record's field/value pairs, each a 4-byte big-endian length and its
+-- bytes: binary-safe, unlike cmsgpack, which tags every string as UTF-8 text.
+local function packed(key)
+  local parts = {}
+  for i, value in ipairs(redis.call('HGETALL', key)) do
+    parts[i] = struct.pack('>I4', #value) .. value
+  end
+  return table.concat(parts)
+end
+
+-- A waiter (redis_watch.lua) marked the record: leave it the final record
+-- (packed as above), which wakes every waiter (they rotate it,
+-- BLMOVE) and spares each a read; gone by itself after a few seconds.
 local function done()
+  if KEYS[2] then
+    redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  end
   if redis.call('HDEL', record, 'watch') == 1 then
     local key = base .. ':done:' .. id
-    redis.call('RPUSH', key, '1')
+    redis.call('RPUSH', key, packed(record))
     redis.call('PEXPIRE', key, 10000)
   end
 end

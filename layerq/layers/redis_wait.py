@@ -11,6 +11,7 @@ instead of vanishing (channels_redis#348).
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 import types
 import weakref
@@ -142,10 +143,11 @@ async def wait_record(
     """The record once terminal (or as it is after ``timeout`` s); None without one.
 
     Each read marks the record watched (redis_watch.lua), so the job's end
-    pushes a token to ``done``; BLMOVE-ing it back onto its own list wakes
-    every waiter, not only the first. Blocking is in chunks below the socket
-    timeout, and every chunk ends with a fresh read, so even a token that
-    expired unseen costs at most one chunk.
+    pushes the final record to ``done``; BLMOVE-ing it back onto its own list
+    wakes every waiter, not only the first, and hands each the record without
+    another read. Blocking is in chunks below the socket timeout, and every
+    chunk ends with a fresh read, so even a push that expired unseen costs at
+    most one chunk.
     """
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
@@ -158,9 +160,12 @@ async def wait_record(
         left = BLOCK_MAX if deadline is None else min(BLOCK_MAX, deadline - loop.time())
         if left <= 0:
             return found
-        await client.execute_command(  # type: ignore[no-untyped-call]
+        pushed = await client.execute_command(  # type: ignore[no-untyped-call]
             "BLMOVE", done, done, "RIGHT", "LEFT", _block_seconds(left)
         )
+        found = _pushed(pushed)
+        if found is not None:
+            return found
 
 
 def wait_record_sync(
@@ -177,13 +182,37 @@ def wait_record_sync(
         left = BLOCK_MAX if deadline is None else min(BLOCK_MAX, deadline - time.monotonic())
         if left <= 0:
             return found
-        client.execute_command(  # type: ignore[no-untyped-call]
+        pushed = client.execute_command(  # type: ignore[no-untyped-call]
             "BLMOVE", done, done, "RIGHT", "LEFT", _block_seconds(left)
         )
+        found = _pushed(pushed)
+        if found is not None:
+            return found
 
 
 def _record(raw: list[Any]) -> JobRecord | None:
     return decode_record(dict(zip(raw[::2], raw[1::2], strict=True)))
+
+
+def _pushed(raw: bytes | None) -> JobRecord | None:
+    """The terminal record pushed to a done list; None for no (or no usable) push.
+
+    The scripts pack it as field/value strings, each a 4-byte big-endian
+    length and its bytes.
+    """
+    if not raw:
+        return None
+    parts: list[bytes] = []
+    at = 0
+    try:
+        while at < len(raw):
+            (size,) = struct.unpack_from(">I", raw, at)
+            parts.append(raw[at + 4 : at + 4 + size])
+            at += 4 + size
+        found = _record(parts)
+    except (ValueError, TypeError, struct.error):
+        return None  # not ours to understand: the next read decides
+    return found if found is not None and found.status.is_terminal else None
 
 
 def _block_seconds(left: float) -> float:

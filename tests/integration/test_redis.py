@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import redis
 
 from layerq import clock
 from layerq.errors import TransportError
@@ -199,3 +200,115 @@ def test_redis_server_restarts_on_the_same_port() -> None:
         assert server.running
         assert server.url == f"redis://127.0.0.1:{port}/0"
     assert not server.running
+
+
+def commands_processed(server: RedisServer) -> int:
+    """Commands the server has run so far (INFO stats), to tell waiting from polling."""
+    client = redis.Redis.from_url(server.url)
+    try:
+        return int(client.info("stats")["total_commands_processed"])
+    finally:
+        client.close()
+
+
+async def end_job(layer: RedisChannelLayer, how: str, job_id: str) -> None:
+    """Finish a queued job of channel "q" by ack, dead letter or cancel."""
+    if how == "cancel":
+        assert await layer.cancel(job_id)
+        return
+    [delivery] = await layer.claim(["q"], 1, 30, 0)
+    if how == "ack":
+        assert await layer.ack(delivery, {"ok": 1}, 60)
+    else:
+        assert await layer.dead_letter(delivery, "boom", "ValueError", "bad", 60)
+
+
+@pytest.mark.parametrize("how", ["ack", "dead", "cancel"])
+async def test_result_waiters_are_woken_by_the_end_not_by_polling(
+    redis_layer: RedisChannelLayer, redis_server: RedisServer, how: str
+) -> None:
+    """Async and sync waiters return within milliseconds of the end, idle meanwhile."""
+    message, record = job("q")
+    await redis_layer.enqueue("q", message, record)
+    waiters = [
+        asyncio.create_task(redis_layer.wait_record(record.id, 10)),
+        asyncio.create_task(redis_layer.wait_record(record.id, 10)),
+        asyncio.create_task(asyncio.to_thread(redis_layer.wait_record_sync, record.id, 10)),
+    ]
+    await asyncio.sleep(0.2)
+    before = commands_processed(redis_server)
+    await asyncio.sleep(0.5)
+    # Polling from 0.5 ms would run dozens of reads here; blocked waiters run none.
+    assert commands_processed(redis_server) - before <= 3
+    assert not any(waiter.done() for waiter in waiters)
+    ended = asyncio.get_running_loop().time()
+    await end_job(redis_layer, how, record.id)
+    found = await asyncio.wait_for(asyncio.gather(*waiters), 2)
+    assert asyncio.get_running_loop().time() - ended < 0.2
+    expected = {"ack": JobStatus.SUCCEEDED, "dead": JobStatus.FAILED, "cancel": JobStatus.CANCELLED}
+    assert [r.status if r else None for r in found] == [expected[how]] * 3
+
+
+async def test_result_wait_times_out_with_the_record_as_it_is(
+    redis_layer: RedisChannelLayer,
+) -> None:
+    """A job still queued at the timeout comes back queued, after about the timeout."""
+    message, record = job("q")
+    await redis_layer.enqueue("q", message, record)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    found = await redis_layer.wait_record(record.id, 0.3)
+    assert 0.29 <= loop.time() - began < 1.0
+    assert found is not None
+    assert found.status is JobStatus.QUEUED
+    began = loop.time()
+    found = await asyncio.to_thread(redis_layer.wait_record_sync, record.id, 0.3)
+    assert 0.29 <= loop.time() - began < 1.0
+    assert found is not None
+    assert found.status is JobStatus.QUEUED
+
+
+async def test_result_wait_outlasts_its_blocking_chunks(redis_layer: RedisChannelLayer) -> None:
+    """A waiter blocked across several chunks (no timeout) still wakes at the end."""
+    message, record = job("q")
+    await redis_layer.enqueue("q", message, record)
+    waiting = asyncio.create_task(redis_layer.wait_record(record.id, None))
+    await asyncio.sleep(2.3)
+    assert not waiting.done()
+    await end_job(redis_layer, "ack", record.id)
+    found = await asyncio.wait_for(waiting, 1)
+    assert found is not None
+    assert found.result == {"ok": 1}
+
+
+async def test_result_wait_for_an_unknown_job_is_none_at_once(
+    redis_layer: RedisChannelLayer,
+) -> None:
+    """No record, no waiting: None straight away, sync and async."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    assert await redis_layer.wait_record("no-such-job", 5) is None
+    assert await asyncio.to_thread(redis_layer.wait_record_sync, "no-such-job", 5) is None
+    assert loop.time() - began < 0.5
+
+
+async def test_a_stale_wake_token_does_not_end_a_requeued_wait(
+    redis_layer: RedisChannelLayer,
+) -> None:
+    """After a watched job dies and is requeued, a new waiter blocks until its new end."""
+    message, record = job("q")
+    await redis_layer.enqueue("q", message, record)
+    first = asyncio.create_task(redis_layer.wait_record(record.id, 5))
+    await asyncio.sleep(0.1)
+    await end_job(redis_layer, "dead", record.id)
+    found = await asyncio.wait_for(first, 2)
+    assert found is not None
+    assert found.status is JobStatus.FAILED
+    assert await redis_layer.requeue_dead("q") == 1
+    again = asyncio.create_task(redis_layer.wait_record(record.id, 5))
+    await asyncio.sleep(0.3)
+    assert not again.done()
+    await end_job(redis_layer, "ack", record.id)
+    found = await asyncio.wait_for(again, 2)
+    assert found is not None
+    assert found.status is JobStatus.SUCCEEDED
