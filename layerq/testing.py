@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from types import TracebackType
 
@@ -40,23 +41,40 @@ def redis_server_binary() -> str:
     return path
 
 
-def _ping(port: int) -> bool:
+def _ask(port: int, command: bytes) -> bytes:
     # A raw socket keeps this module free of redis-py and of event loops.
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            sock.sendall(command + b"\r\n")
+            return sock.recv(4096)
     except OSError:
-        return False
+        return b""
+
+
+def _ping(port: int) -> bool:
+    return _ask(port, b"PING").startswith(b"+PONG")
 
 
 class RedisServer:
-    """A private, memory-only ``redis-server`` on a free port of 127.0.0.1."""
+    """A private, memory-only ``redis-server`` on a free port of 127.0.0.1.
 
-    def __init__(self, port: int | None = None, *, extra_args: tuple[str, ...] = ()) -> None:
+    ``cluster=True`` makes it a one-node Redis Cluster holding every slot: any
+    key is served, but a command or script whose keys span two hash slots is
+    refused with CROSSSLOT, as on a real cluster.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        extra_args: tuple[str, ...] = (),
+        cluster: bool = False,
+    ) -> None:
         self.port = port if port is not None else free_port()
         self.extra_args = extra_args
+        self.cluster = cluster
         self._process: subprocess.Popen[bytes] | None = None
+        self._directory = tempfile.TemporaryDirectory(prefix="layerq-redis-") if cluster else None
         self.start()
 
     @property
@@ -83,6 +101,7 @@ class RedisServer:
             "",
             "--appendonly",
             "no",
+            *self._cluster_args(),
             *self.extra_args,
         ]
         self._process = subprocess.Popen(
@@ -96,6 +115,26 @@ class RedisServer:
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"redis-server did not answer PING on port {self.port}")
+            time.sleep(0.01)
+        if self.cluster:
+            self._own_every_slot(deadline)
+
+    def _cluster_args(self) -> list[str]:
+        if self._directory is None:
+            return []
+        # A fresh node file per start: a restarted node comes back empty, slots too.
+        nodes = f"{self._directory.name}/nodes-{time.monotonic_ns()}.conf"
+        return ["--cluster-enabled", "yes", "--cluster-config-file", nodes]
+
+    def _own_every_slot(self, deadline: float) -> None:
+        reply = _ask(self.port, b"CLUSTER ADDSLOTSRANGE 0 16383")
+        if not reply.startswith(b"+OK"):
+            self.stop()
+            raise RuntimeError(f"redis-server on port {self.port} refused the slots: {reply!r}")
+        while b"cluster_state:ok" not in _ask(self.port, b"CLUSTER INFO"):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"Redis Cluster on port {self.port} did not become ready")
             time.sleep(0.01)
 
     def stop(self) -> None:
@@ -125,6 +164,8 @@ class RedisServer:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+        if self._directory is not None:
+            self._directory.cleanup()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

@@ -16,21 +16,32 @@ from django.test import override_settings
 from layerq.runtime import Worker
 from tests.app.asgi import application
 
-#: backends the shared integration suite runs against
-BACKENDS = ["sqlite", "redis"]
+#: backends the shared integration suite runs against; "redis-cluster" is a
+#: one-node Redis Cluster, which refuses any script whose keys span two slots
+BACKENDS = ["sqlite", "redis", "redis-cluster"]
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[Any]:
-    """A private redis-server for the whole session (fails, not skips, without one)."""
+def _private_redis(cluster: bool) -> Iterator[Any]:
     from layerq.testing import RedisServer, redis_server_binary
 
     try:
         redis_server_binary()
     except RuntimeError as exc:
         pytest.fail(str(exc))
-    with RedisServer() as server:
+    with RedisServer(cluster=cluster) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """A private redis-server for the whole session (fails, not skips, without one)."""
+    yield from _private_redis(cluster=False)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_server() -> Iterator[Any]:
+    """A private one-node Redis Cluster for the whole session."""
+    yield from _private_redis(cluster=True)
 
 
 def layer_config(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
@@ -40,8 +51,9 @@ def layer_config(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
             "BACKEND": "layerq.layers.SQLiteChannelLayer",
             "CONFIG": {"path": str(tmp_path / "layer.sqlite3")},
         }
-    if backend == "redis":
-        server = request.getfixturevalue("redis_server")
+    if backend in ("redis", "redis-cluster"):
+        fixture = "redis_server" if backend == "redis" else "redis_cluster_server"
+        server = request.getfixturevalue(fixture)
         return {
             "BACKEND": "layerq.layers.RedisChannelLayer",
             "CONFIG": {"hosts": [server.url], "prefix": f"t{os.getpid()}{id(request)}"},

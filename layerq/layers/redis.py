@@ -44,9 +44,6 @@ from .redis_conn import BLOCK_MAX, Call, async_client, run, run_sync, sync_clien
 #: job id -> channel, for jobs this process sent or claimed; cleared when full
 _CHANNEL_CACHE_SIZE = 10_000
 
-#: settle ops that end a job: its record and locator start to expire
-_FINAL_OPS = frozenset({"ack", "dead"})
-
 
 class RedisChannelLayer(QueueLayer):
     """A Channels layer on one or more Redis servers, with leases and job records."""
@@ -142,20 +139,35 @@ class RedisChannelLayer(QueueLayer):
             self.get_capacity(channel),
             suffix,
         ]
-        script_keys = [self._base(channel)[1]]
         if record is not None:
-            script_keys.append(keys.locator_key(self.prefix, record.id))
-            meta += (self.non_local_name(channel), codec.record_pairs(record))
+            meta.append(codec.record_pairs(record))
         args = [message_id, payload, codec.encode_value(meta)]
-        return ("EVALSHA", self._scripts["enqueue"], script_keys, args)
+        return ("EVALSHA", self._scripts["enqueue"], [self._base(channel)[1]], args)
+
+    def _enqueue_calls(
+        self, channel: str, message: dict[str, Any], record: JobRecord, delay: float
+    ) -> list[Call]:
+        # The locator lives in its own slot, so it cannot be written by the
+        # script (Redis Cluster refuses cross-slot scripts); written first, a
+        # crash between the two leaves at worst a locator without a record.
+        locator = ("SET", keys.locator_key(self.prefix, record.id), self.non_local_name(channel))
+        return [locator, self._store_call(channel, message, clock.now(), record, max(0.0, delay))]
 
     def _settle_call(self, delivery: Delivery, op: str, *extra: Any) -> Call:
-        script_keys = [self._base(delivery.channel)[1]]
-        if op in _FINAL_OPS and delivery.job_id is not None:
-            # The locator expires with the record, in the same script.
-            script_keys.append(keys.locator_key(self.prefix, delivery.job_id))
         args = [op, delivery.id, delivery.token, codec.number(clock.now()), *extra]
-        return ("EVALSHA", self._scripts["settle"], script_keys, args)
+        return ("EVALSHA", self._scripts["settle"], [self._base(delivery.channel)[1]], args)
+
+    def _final_calls(self, delivery: Delivery, op: str, ttl: float, *extra: Any) -> list[Call]:
+        """Settle calls that end a job: its locator then expires with its record.
+
+        (Pipelined, not in the script: the locator is in another slot. After a
+        stale settle the PEXPIRE is harmless: the settle that ends the job
+        sets it again.)
+        """
+        calls = [self._settle_call(delivery, op, _ms(ttl), *extra)]
+        if delivery.job_id is not None:
+            calls.append(("PEXPIRE", keys.locator_key(self.prefix, delivery.job_id), _ms(ttl)))
+        return calls
 
     # --- Channels layer spec ------------------------------------------------
 
@@ -262,14 +274,15 @@ class RedisChannelLayer(QueueLayer):
         for client in state.clients:
             with transport_errors("flush"):
                 for pattern in keys.scan_patterns(self.prefix):
-                    batch: list[bytes] = []
+                    batch: list[Call] = []
                     async for key in client.scan_iter(match=pattern, count=1000):
-                        batch.append(key)
+                        # One key a command: keys of many slots (Redis Cluster).
+                        batch.append(("UNLINK", key))
                         if len(batch) >= 500:
-                            await client.unlink(*batch)
+                            await run(client, batch)
                             batch = []
                     if batch:
-                        await client.unlink(*batch)
+                        await run(client, batch)
         state.buffers.clear()
         for box in state.local.values():
             box.queues.clear()
@@ -311,10 +324,12 @@ class RedisChannelLayer(QueueLayer):
     ) -> None:
         """Store ``message`` and its queued ``record`` atomically; QueueFull at capacity."""
         self.require_valid_channel_name(channel)
-        call = self._store_call(channel, message, clock.now(), record, max(0.0, delay))
+        calls = self._enqueue_calls(channel, message, record, delay)
         batcher = self._state().batchers[self._base(channel)[0]]
         with transport_errors("enqueue"):
-            (stored,) = await batcher.call([call])
+            (_, stored) = await batcher.call(calls)
+            if stored == 0:
+                await batcher.call([("DEL", calls[0][1])])
         self._after_enqueue(channel, record, stored)
 
     def enqueue_sync(
@@ -322,10 +337,12 @@ class RedisChannelLayer(QueueLayer):
     ) -> None:
         """:meth:`enqueue` from sync code, on a sync client: no event loop."""
         self.require_valid_channel_name(channel)
-        call = self._store_call(channel, message, clock.now(), record, max(0.0, delay))
+        calls = self._enqueue_calls(channel, message, record, delay)
         client = self._sync(self._base(channel)[0])
         with transport_errors("enqueue"):
-            (stored,) = run_sync(client, [call])
+            (_, stored) = run_sync(client, calls)
+            if stored == 0:
+                run_sync(client, [("DEL", calls[0][1])])
         self._after_enqueue(channel, record, stored)
 
     def _after_enqueue(self, channel: str, record: JobRecord, stored: int) -> None:
@@ -426,8 +443,8 @@ class RedisChannelLayer(QueueLayer):
 
     async def ack(self, delivery: Delivery, result: Any, ttl: float) -> bool:
         """Remove the message; record succeeded with ``result`` for ``ttl`` s."""
-        call = self._settle_call(delivery, "ack", _ms(ttl), codec.encode_value(result))
-        return await self._settle_one(delivery, "ack", [call])
+        calls = self._final_calls(delivery, "ack", ttl, codec.encode_value(result))
+        return await self._settle_one(delivery, "ack", calls)
 
     async def retry(
         self, delivery: Delivery, delay: float, error_type: str, error_message: str
@@ -456,8 +473,8 @@ class RedisChannelLayer(QueueLayer):
     ) -> bool:
         """Move the message to the dead letters; record failed, kept ``ttl`` s."""
         info = codec.encode_value([reason, clock.now(), delivery.job_id])
-        call = self._settle_call(delivery, "dead", _ms(ttl), error_type, error_message, info)
-        return await self._settle_one(delivery, "dead_letter", [call])
+        calls = self._final_calls(delivery, "dead", ttl, error_type, error_message, info)
+        return await self._settle_one(delivery, "dead_letter", calls)
 
     # --- records ------------------------------------------------------------------
 
@@ -545,14 +562,15 @@ class RedisChannelLayer(QueueLayer):
             keys.done_key(self.prefix, channel, job_id),
         )
 
-    def _cancel_call(self, channel: str, job_id: str) -> Call:
-        ttl = get_settings().result_ttl
-        script_keys = [
-            keys.channel_base(self.prefix, channel),
-            keys.locator_key(self.prefix, job_id),
-        ]
-        args = [job_id, codec.number(clock.now()), _ms(ttl)]
-        return ("EVALSHA", self._scripts["cancel"], script_keys, args)
+    def _cancel_calls(self, channel: str, job_id: str) -> tuple[Call, Call]:
+        """The cancel script, and the locator's expiry to run once it cancelled."""
+        ttl = _ms(get_settings().result_ttl)
+        args = [job_id, codec.number(clock.now()), ttl]
+        base = keys.channel_base(self.prefix, channel)
+        return (
+            ("EVALSHA", self._scripts["cancel"], [base], args),
+            ("PEXPIRE", keys.locator_key(self.prefix, job_id), ttl),
+        )
 
     async def cancel(self, job_id: str) -> bool:
         """Remove a job still waiting (not leased); record cancelled."""
@@ -560,8 +578,11 @@ class RedisChannelLayer(QueueLayer):
         if channel is None:
             return False
         client = self._state().clients[self._host(channel)]
+        script, expire = self._cancel_calls(channel, job_id)
         with transport_errors("cancel"):
-            (cancelled,) = await run(client, [self._cancel_call(channel, job_id)])
+            (cancelled,) = await run(client, [script])
+            if cancelled:
+                await run(client, [expire])
         return bool(cancelled)
 
     def cancel_sync(self, job_id: str) -> bool:
@@ -570,8 +591,11 @@ class RedisChannelLayer(QueueLayer):
         if channel is None:
             return False
         client = self._sync(self._host(channel))
+        script, expire = self._cancel_calls(channel, job_id)
         with transport_errors("cancel"):
-            (cancelled,) = run_sync(client, [self._cancel_call(channel, job_id)])
+            (cancelled,) = run_sync(client, [script])
+            if cancelled:
+                run_sync(client, [expire])
         return bool(cancelled)
 
     # --- dead letters ---------------------------------------------------------------

@@ -3,7 +3,8 @@
 -- KEYS[1]  base "{prefix:channel}"; touches base..":msg", ":lease", ":ready",
 --          ":delay", ":exp", ":att", ":rel", ":recl", ":job:"..id, ":done:"..id
 --          (the final record for waiters, when redis_watch.lua marked it)
--- KEYS[2]  the locator "prefix:loc:<id>", set to expire with the record
+--          (The layer gives the job's locator, in another slot, the record's TTL
+--          once this returns 1.)
 -- ARGV[1]  job id (= message id)
 -- ARGV[2]  now (epoch seconds)
 -- ARGV[3]  record ttl (ms)
@@ -36,7 +37,6 @@ if redis.call('EXISTS', record) == 1 then
   redis.call('HSET', record, 'status', 'cancelled', 'finished_at', ARGV[2],
     'expires_at', ARGV[2] + ARGV[3] / 1000)
   redis.call('PEXPIRE', record, ARGV[3])
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
   if redis.call('HDEL', record, 'watch') == 1 then
     local done = base .. ':done:' .. id
     redis.call('RPUSH', done, packed(record))

@@ -5,10 +5,9 @@
 --          ":delay" (ZSET id -> due), ":exp" (ZSET id -> expiry of plain messages),
 --          ":wake" (LIST of wake-up tokens), ":job:"..id (HASH, the job record),
 --          ":local" (HASH process-local suffix -> messages stored for it)
--- KEYS[2]  job messages only: the locator "prefix:loc:<id>" (STRING channel), which
---          lets any process find the record by job id. It lives in another hash
---          slot, so this script needs standalone Redis servers (the layer shards
---          over several by itself); on Redis Cluster it would be refused (CROSSSLOT).
+--          Every key is in that one slot, so Redis Cluster accepts the script. The
+--          locator "prefix:loc:<id>" of a job lives in another slot: the layer
+--          SETs it in the same pipeline, just before this script.
 -- ARGV[1]  message id (the job id for job messages)
 -- ARGV[2]  payload (msgpack)
 -- ARGV[3]  the rest, as one msgpack array (packing many small arguments was the
@@ -19,8 +18,7 @@
 --          [4] capacity: messages the channel may hold (ready, delayed and leased)
 --          [5] process-local suffix ('' for other channels): the part after '!', whose
 --              own count is held to the capacity, as every '!' channel shares one list
---          [6] job messages only: the channel, for the locator
---          [7] job messages only: the record's field/value pairs (strings)
+--          [6] job messages only: the record's field/value pairs (strings)
 -- Returns 1 stored, 0 channel full (nothing stored), 2 already stored (a retried send).
 local base = KEYS[1]
 local msg = base .. ':msg'
@@ -75,11 +73,10 @@ local expires = tonumber(meta[3])
 if expires > 0 then
   redis.call('ZADD', exp, expires, id)
 end
-if meta[7] then
+if meta[6] then
   local record = base .. ':job:' .. id
   redis.call('DEL', record)
-  redis.call('HSET', record, unpack(meta[7]))
-  redis.call('SET', KEYS[2], meta[6])
+  redis.call('HSET', record, unpack(meta[6]))
 end
 -- One token per message wakes one blocked receiver; the cap bounds the
 -- spurious wake-ups left behind when nobody was waiting.

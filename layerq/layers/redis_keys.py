@@ -18,6 +18,9 @@ Cluster keeps a channel in one slot and a script may touch all of it::
     {prefix:channel}:job:<id>   HASH  JobRecord fields           the job record
     {prefix:channel}:done:<id>  LIST  final record, 10 s TTL     wakes result waiters
     prefix:loc:<job id>         STRING channel                   finds a record by job id
+                                                                 (its own slot: written by
+                                                                 pipelined commands, never
+                                                                 by a script)
     prefix:group:<group>        ZSET  channel -> joined at       group members
 
 A job message's id is its job id; a plain message gets a random one. The

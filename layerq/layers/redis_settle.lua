@@ -8,8 +8,8 @@
 --          expires_at field mirrors the Redis TTL on layerq's clock, for tests),
 --          ":done:"..id (LIST: the final record for waiters, when it is watched;
 --          length-prefixed field/value pairs)
--- KEYS[2]  job messages only: the locator "prefix:loc:<id>", which expires with the
---          record on ack and dead (another slot: see redis_enqueue.lua)
+--          (The job's locator, in another slot, is given the record's TTL by a
+--          PEXPIRE the layer pipelines after ack and dead.)
 -- ARGV[1]  op: ack | retry | release | dead | extend
 -- ARGV[2]  message id
 -- ARGV[3]  lease token (the delivery count handed out by claim)
@@ -58,9 +58,6 @@ end
 -- (packed as above), which wakes every waiter (they rotate it,
 -- BLMOVE) and spares each a read; gone by itself after a few seconds.
 local function done()
-  if KEYS[2] then
-    redis.call('PEXPIRE', KEYS[2], ARGV[5])
-  end
   if redis.call('HDEL', record, 'watch') == 1 then
     local key = base .. ':done:' .. id
     redis.call('RPUSH', key, packed(record))
