@@ -52,7 +52,8 @@ def _ask(port: int, command: bytes) -> bytes:
 
 
 def _ping(port: int) -> bool:
-    return _ask(port, b"PING").startswith(b"+PONG")
+    # A server with a password answers, if only to ask for it: it is up.
+    return _ask(port, b"PING").startswith((b"+PONG", b"-NOAUTH"))
 
 
 class RedisServer:
@@ -75,7 +76,14 @@ class RedisServer:
         self.cluster = cluster
         self._process: subprocess.Popen[bytes] | None = None
         self._directory = tempfile.TemporaryDirectory(prefix="layerq-redis-") if cluster else None
-        self.start()
+        #: the cluster bus port (by default PORT + 10000, which may be taken or too high)
+        self.bus_port = free_port() if cluster else None
+        try:
+            self.start()
+        except BaseException:
+            if self._directory is not None:
+                self._directory.cleanup()
+            raise
 
     @property
     def url(self) -> str:
@@ -124,7 +132,14 @@ class RedisServer:
             return []
         # A fresh node file per start: a restarted node comes back empty, slots too.
         nodes = f"{self._directory.name}/nodes-{time.monotonic_ns()}.conf"
-        return ["--cluster-enabled", "yes", "--cluster-config-file", nodes]
+        return [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            nodes,
+            "--cluster-port",
+            str(self.bus_port),
+        ]
 
     def _own_every_slot(self, deadline: float) -> None:
         reply = _ask(self.port, b"CLUSTER ADDSLOTSRANGE 0 16383")

@@ -12,9 +12,9 @@ Lua script, so a crash between two commands cannot duplicate or lose a message.
 
 Waiting and cancellation: :mod:`layerq.layers.redis_wait`.
 
-Faults: redis-py retries connection errors (bounded, jittered backoff,
-reconnecting as needed); past the bound an operation raises
-:class:`~layerq.errors.TransportError`. ``claim`` keeps retrying until its
+Connections and faults: :mod:`layerq.layers.redis_conn`. Connection errors
+are retried (bounded, jittered backoff, reconnecting as needed); past the
+bound an operation raises :class:`~layerq.errors.TransportError`. ``claim`` keeps retrying until its
 ``wait`` has passed and only then raises TransportError.
 """
 
@@ -28,9 +28,6 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-import redis
-import redis.asyncio
-
 from .. import clock
 from ..conf import get_settings
 from ..errors import ConfigurationError, QueueFull, TransportError
@@ -39,7 +36,7 @@ from . import redis_codec as codec
 from . import redis_keys as keys
 from . import redis_wait as waits
 from .base import EXTENSION, DeadLetter, Delivery, QueueLayer
-from .redis_conn import BLOCK_MAX, Call, async_client, run, run_sync, sync_client, transport_errors
+from .redis_conn import BLOCK_MAX, AsyncPipe, Call, SyncPipe, Target, transport_errors
 
 #: job id -> channel, for jobs this process sent or claimed; cleared when full
 _CHANNEL_CACHE_SIZE = 10_000
@@ -71,12 +68,12 @@ class RedisChannelLayer(QueueLayer):
         self.prefix = prefix
         self.group_expiry = group_expiry
         self.client_prefix = secrets.token_hex(6)
-        self._connection_kwargs = dict(connection_kwargs or {})
+        self._targets = [Target(host, dict(connection_kwargs or {})) for host in self.hosts]
         self._scripts = keys.load_scripts()
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, waits.LoopState] = (
             weakref.WeakKeyDictionary()
         )
-        self._sync_clients: list[redis.Redis] | None = None
+        self._sync_pipes: list[SyncPipe] | None = None
         self._sync_lock = threading.Lock()
         self._job_channels: dict[str, str] = {}
 
@@ -86,19 +83,19 @@ class RedisChannelLayer(QueueLayer):
         loop = asyncio.get_running_loop()
         state = self._loops.get(loop)
         if state is None:
-            clients = [async_client(host, self._connection_kwargs) for host in self.hosts]
-            state = self._loops[loop] = waits.LoopState(clients)
+            state = self._loops[loop] = waits.LoopState(self._targets)
             waits.close_with_loop(loop, self._loops)
         return state
 
-    def _sync(self, index: int) -> redis.Redis:
-        if self._sync_clients is None:
+    def _pipe(self, index: int) -> AsyncPipe:
+        return self._state().pipes[index]
+
+    def _sync(self, index: int) -> SyncPipe:
+        if self._sync_pipes is None:
             with self._sync_lock:
-                if self._sync_clients is None:
-                    self._sync_clients = [
-                        sync_client(host, self._connection_kwargs) for host in self.hosts
-                    ]
-        return self._sync_clients[index]
+                if self._sync_pipes is None:
+                    self._sync_pipes = [SyncPipe(target) for target in self._targets]
+        return self._sync_pipes[index]
 
     def _host(self, name: str) -> int:
         return keys.pick_host(name, self.hosts)
@@ -175,9 +172,8 @@ class RedisChannelLayer(QueueLayer):
         """Send ``message`` to ``channel``; QueueFull (a ChannelFull) at capacity."""
         self.require_valid_channel_name(channel)
         call = self._store_call(channel, message, clock.now())
-        batcher = self._state().batchers[self._base(channel)[0]]
         with transport_errors("send"):
-            (stored,) = await batcher.call([call])
+            (stored,) = await self._pipe(self._base(channel)[0]).call([call])
         if stored == 0:
             raise QueueFull(f"channel {channel!r} is at capacity")
 
@@ -193,7 +189,7 @@ class RedisChannelLayer(QueueLayer):
             )
         buffer = state.buffers.setdefault(channel, deque())
         index, base = self._base(channel)
-        client, script = state.clients[index], self._scripts["claim"]
+        pipe, script = state.pipes[index], self._scripts["claim"]
         orphaned = state.orphaned.setdefault(channel, set())
         while True:
             if orphaned:
@@ -203,7 +199,7 @@ class RedisChannelLayer(QueueLayer):
                 return buffer.popleft()
             with transport_errors("receive"):
                 rows, next_due = await waits.take(
-                    client,
+                    pipe,
                     script,
                     base,
                     1,
@@ -215,7 +211,7 @@ class RedisChannelLayer(QueueLayer):
                 return waits.messages(rows)[0]
             with transport_errors("receive"):
                 await waits.block(
-                    state.clients, [(index, base)], waits.block_for(next_due, BLOCK_MAX)
+                    state.pools, [(index, base)], waits.block_for(next_due, BLOCK_MAX)
                 )
 
     async def new_channel(self, prefix: str = "specific") -> str:
@@ -227,21 +223,20 @@ class RedisChannelLayer(QueueLayer):
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
         key = keys.group_key(self.prefix, group)
-        client = self._state().clients[self._host(group)]
         calls: list[Call] = [
             ("ZADD", key, codec.number(clock.now()), channel),
             ("EXPIRE", key, int(self.group_expiry)),
         ]
         with transport_errors("group_add"):
-            await run(client, calls)
+            await self._pipe(self._host(group)).call(calls)
 
     async def group_discard(self, group: str, channel: str) -> None:
         """Remove ``channel`` from ``group``."""
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        client = self._state().clients[self._host(group)]
+        call = ("ZREM", keys.group_key(self.prefix, group), channel)
         with transport_errors("group_discard"):
-            await run(client, [("ZREM", keys.group_key(self.prefix, group), channel)])
+            await self._pipe(self._host(group)).call([call])
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         """Send to every member of ``group``; full members miss it, nothing raises."""
@@ -255,7 +250,7 @@ class RedisChannelLayer(QueueLayer):
             ("ZRANGE", key, 0, -1),
         ]
         with transport_errors("group_send"):
-            _, members = await run(state.clients[self._host(group)], calls)
+            _, members = await state.pipes[self._host(group)].call(calls)
         by_host: dict[int, list[Call]] = {}
         for member in members:
             channel = member.decode()
@@ -265,24 +260,24 @@ class RedisChannelLayer(QueueLayer):
         with transport_errors("group_send"):
             # A full member returns 0 from the script: dropped, as the spec says.
             await asyncio.gather(
-                *(run(state.clients[index], batch) for index, batch in by_host.items())
+                *(state.pipes[index].call(batch) for index, batch in by_host.items())
             )
 
     async def flush(self) -> None:
         """Delete every key of this prefix (SCAN, never KEYS) and local buffers."""
         state = self._state()
-        for client in state.clients:
+        for pipe in state.pipes:
             with transport_errors("flush"):
                 for pattern in keys.scan_patterns(self.prefix):
-                    batch: list[Call] = []
-                    async for key in client.scan_iter(match=pattern, count=1000):
-                        # One key a command: keys of many slots (Redis Cluster).
-                        batch.append(("UNLINK", key))
-                        if len(batch) >= 500:
-                            await run(client, batch)
-                            batch = []
-                    if batch:
-                        await run(client, batch)
+                    cursor = b"0"
+                    while True:
+                        scan = ("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+                        ((cursor, found),) = await pipe.call([scan])
+                        if found:
+                            # One key a command: keys of many slots (Redis Cluster).
+                            await pipe.call([("UNLINK", key) for key in found])
+                        if cursor == b"0":
+                            break
         state.buffers.clear()
         for box in state.local.values():
             box.queues.clear()
@@ -295,24 +290,24 @@ class RedisChannelLayer(QueueLayer):
         if state is not None:
             await waits.close_state(state)
         with self._sync_lock:
-            clients, self._sync_clients = self._sync_clients, None
-        for client in clients or ():
-            client.close()
+            pipes, self._sync_pipes = self._sync_pipes, None
+        for pipe in pipes or ():
+            pipe.close()
 
     close_pools = close  # the channels_redis name
 
     async def _read_local(self, state: waits.LoopState, key: str, box: waits.LocalBox) -> None:
         """Take messages for this process's ``!`` channels and hand them out."""
         index, base = self._host(key), keys.channel_base(self.prefix, key)
-        client, script = state.clients[index], self._scripts["claim"]
+        pipe, script = state.pipes[index], self._scripts["claim"]
         try:
             while box.waiters > 0:
                 with transport_errors("receive"):
-                    rows, next_due = await waits.take(client, script, base, 100, 0.0, box.dispatch)
+                    rows, next_due = await waits.take(pipe, script, base, 100, 0.0, box.dispatch)
                     box.dispatch(rows)
                     if not rows:
                         await waits.block(
-                            state.clients, [(index, base)], waits.block_for(next_due, BLOCK_MAX)
+                            state.pools, [(index, base)], waits.block_for(next_due, BLOCK_MAX)
                         )
         finally:
             box.signal()
@@ -325,11 +320,11 @@ class RedisChannelLayer(QueueLayer):
         """Store ``message`` and its queued ``record`` atomically; QueueFull at capacity."""
         self.require_valid_channel_name(channel)
         calls = self._enqueue_calls(channel, message, record, delay)
-        batcher = self._state().batchers[self._base(channel)[0]]
+        pipe = self._pipe(self._base(channel)[0])
         with transport_errors("enqueue"):
-            (_, stored) = await batcher.call(calls)
+            (_, stored) = await pipe.call(calls)
             if stored == 0:
-                await batcher.call([("DEL", calls[0][1])])
+                await pipe.call([("DEL", calls[0][1])])
         self._after_enqueue(channel, record, stored)
 
     def enqueue_sync(
@@ -338,11 +333,11 @@ class RedisChannelLayer(QueueLayer):
         """:meth:`enqueue` from sync code, on a sync client: no event loop."""
         self.require_valid_channel_name(channel)
         calls = self._enqueue_calls(channel, message, record, delay)
-        client = self._sync(self._base(channel)[0])
+        pipe = self._sync(self._base(channel)[0])
         with transport_errors("enqueue"):
-            (_, stored) = run_sync(client, calls)
+            (_, stored) = pipe.call(calls)
             if stored == 0:
-                run_sync(client, [("DEL", calls[0][1])])
+                pipe.call([("DEL", calls[0][1])])
         self._after_enqueue(channel, record, stored)
 
     def _after_enqueue(self, channel: str, record: JobRecord, stored: int) -> None:
@@ -367,15 +362,27 @@ class RedisChannelLayer(QueueLayer):
         loop = asyncio.get_running_loop()
         end = loop.time() + wait
         failures = 0
+        block = 0.0  # one channel: the next take first blocks this long, same pipeline
         while True:
             try:
-                deliveries, next_due = await self._claim_once(state, names, limit, lease)
-                if deliveries or loop.time() >= end:
-                    return deliveries
-                timeout = waits.block_for(next_due, min(BLOCK_MAX, end - loop.time()))
-                with transport_errors("claim"):
-                    await waits.block(state.clients, [self._base(n) for n in names], timeout)
+                deliveries, next_due = await self._claim_once(state, names, limit, lease, block)
                 failures = 0
+                if deliveries:
+                    return deliveries
+                if loop.time() >= end:
+                    if block == 0:
+                        return deliveries
+                    # A take after a block saw the clock of before it: one
+                    # last look, with a fresh clock, at what fell due meanwhile.
+                    block = 0.0
+                    continue
+                block = 0.0
+                timeout = waits.block_for(next_due, min(BLOCK_MAX, end - loop.time()))
+                if len(names) == 1:
+                    block = max(0.001, timeout)
+                    continue
+                with transport_errors("claim"):
+                    await waits.block(state.pools, [self._base(n) for n in names], timeout)
             except TransportError:
                 failures += 1
                 if loop.time() >= end:
@@ -383,7 +390,7 @@ class RedisChannelLayer(QueueLayer):
                 await asyncio.sleep(min(0.05 * 2**failures, 1.0, end - loop.time()))
 
     async def _claim_once(
-        self, state: waits.LoopState, names: list[str], limit: int, lease: float
+        self, state: waits.LoopState, names: list[str], limit: int, lease: float, block: float
     ) -> tuple[list[Delivery], float | None]:
         # Rotating the starting channel keeps one busy channel from starving the rest.
         state.rotation += 1
@@ -400,12 +407,14 @@ class RedisChannelLayer(QueueLayer):
 
             with transport_errors("claim"):
                 rows, due = await waits.take(
-                    state.clients[index],
+                    state.pipes[index],
                     self._scripts["claim"],
                     base,
                     limit - len(deliveries),
                     lease,
                     orphan,
+                    pool=state.pools[index] if block > 0 else None,
+                    block=block,
                 )
             deliveries += self._deliveries(name, rows)
             if due is not None and (next_due is None or due < next_due):
@@ -423,12 +432,13 @@ class RedisChannelLayer(QueueLayer):
         state = self._state()
         with transport_errors(what):
             results = await asyncio.gather(
-                *(state.batchers[i].call(calls) for i, calls in calls_by_host.items())
+                *(state.pipes[i].call(calls) for i, calls in calls_by_host.items())
             )
         return [item for batch in results for item in batch]
 
     async def _settle_one(self, delivery: Delivery, what: str, calls: list[Call]) -> bool:
-        (done, *_) = await self._settle({self._base(delivery.channel)[0]: calls}, what)
+        with transport_errors(what):
+            (done, *_) = await self._pipe(self._base(delivery.channel)[0]).call(calls)
         return bool(done)
 
     async def extend(self, deliveries: Sequence[Delivery], lease: float) -> None:
@@ -486,8 +496,8 @@ class RedisChannelLayer(QueueLayer):
         state = self._state()
         key = keys.locator_key(self.prefix, job_id)
         with transport_errors("get_record"):
-            found = await asyncio.gather(*(client.get(key) for client in state.clients))
-        for channel in found:
+            found = await asyncio.gather(*(pipe.call([("GET", key)]) for pipe in state.pipes))
+        for (channel,) in found:
             if channel is not None:
                 return codec.text(channel)
         return None
@@ -499,7 +509,7 @@ class RedisChannelLayer(QueueLayer):
         key = keys.locator_key(self.prefix, job_id)
         with transport_errors("get_record"):
             for index in range(len(self.hosts)):
-                channel = self._sync(index).get(key)
+                (channel,) = self._sync(index).call([("GET", key)])
                 if channel is not None:
                     return codec.text(channel)
         return None
@@ -511,50 +521,50 @@ class RedisChannelLayer(QueueLayer):
             return
         key = keys.record_key(self.prefix, channel, job_id)
         args = [codec.number(progress), "0" if message is None else "1", message or ""]
-        batcher = self._state().batchers[self._host(channel)]
         with transport_errors("set_progress"):
-            await batcher.call([("EVALSHA", self._scripts["progress"], [key], args)])
+            await self._pipe(self._host(channel)).call(
+                [("EVALSHA", self._scripts["progress"], [key], args)]
+            )
 
     async def get_record(self, job_id: str) -> JobRecord | None:
         """The job's record, or None."""
         channel = await self._locate(job_id)
         if channel is None:
             return None
-        client = self._state().clients[self._host(channel)]
+        call = ("HGETALL", keys.record_key(self.prefix, channel, job_id))
         with transport_errors("get_record"):
-            raw = await client.hgetall(keys.record_key(self.prefix, channel, job_id))
-        return codec.decode_record(raw)
+            (raw,) = await self._pipe(self._host(channel)).call([call])
+        return codec.decode_record(_pairs(raw))
 
     def get_record_sync(self, job_id: str) -> JobRecord | None:
         """:meth:`get_record` from sync code."""
         channel = self._locate_sync(job_id)
         if channel is None:
             return None
+        call = ("HGETALL", keys.record_key(self.prefix, channel, job_id))
         with transport_errors("get_record"):
-            raw = self._sync(self._host(channel)).hgetall(
-                keys.record_key(self.prefix, channel, job_id)
-            )
-        return codec.decode_record(raw)
+            (raw,) = self._sync(self._host(channel)).call([call])
+        return codec.decode_record(_pairs(raw))
 
     async def wait_record(self, job_id: str, timeout: float | None) -> JobRecord | None:
         """The record once the job ended (woken by its end, no polling), or at ``timeout``."""
         channel = await self._locate(job_id)
         if channel is None:
             return None
-        client = self._state().clients[self._host(channel)]
+        pool = self._state().pools[self._host(channel)]
         record, done = self._watch_keys(channel, job_id)
         with transport_errors("wait_record"):
-            return await waits.wait_record(client, self._scripts["watch"], record, done, timeout)
+            return await waits.wait_record(pool, self._scripts["watch"], record, done, timeout)
 
     def wait_record_sync(self, job_id: str, timeout: float | None) -> JobRecord | None:
         """:meth:`wait_record` from sync code."""
         channel = self._locate_sync(job_id)
         if channel is None:
             return None
-        client = self._sync(self._host(channel))
+        pipe = self._sync(self._host(channel))
         record, done = self._watch_keys(channel, job_id)
         with transport_errors("wait_record"):
-            return waits.wait_record_sync(client, self._scripts["watch"], record, done, timeout)
+            return waits.wait_record_sync(pipe, self._scripts["watch"], record, done, timeout)
 
     def _watch_keys(self, channel: str, job_id: str) -> tuple[str, str]:
         return (
@@ -577,12 +587,12 @@ class RedisChannelLayer(QueueLayer):
         channel = await self._locate(job_id)
         if channel is None:
             return False
-        client = self._state().clients[self._host(channel)]
+        pipe = self._pipe(self._host(channel))
         script, expire = self._cancel_calls(channel, job_id)
         with transport_errors("cancel"):
-            (cancelled,) = await run(client, [script])
+            (cancelled,) = await pipe.call([script])
             if cancelled:
-                await run(client, [expire])
+                await pipe.call([expire])
         return bool(cancelled)
 
     def cancel_sync(self, job_id: str) -> bool:
@@ -590,12 +600,12 @@ class RedisChannelLayer(QueueLayer):
         channel = self._locate_sync(job_id)
         if channel is None:
             return False
-        client = self._sync(self._host(channel))
+        pipe = self._sync(self._host(channel))
         script, expire = self._cancel_calls(channel, job_id)
         with transport_errors("cancel"):
-            (cancelled,) = run_sync(client, [script])
+            (cancelled,) = pipe.call([script])
             if cancelled:
-                run_sync(client, [expire])
+                pipe.call([expire])
         return bool(cancelled)
 
     # --- dead letters ---------------------------------------------------------------
@@ -604,13 +614,13 @@ class RedisChannelLayer(QueueLayer):
         """The oldest ``limit`` dead letters of ``channel``."""
         self.require_valid_channel_name(channel)
         index, base = self._base(channel)
-        client = self._state().clients[index]
+        pipe = self._pipe(index)
         with transport_errors("dead_letters"):
-            (ids,) = await run(client, [("ZRANGE", f"{base}:deadq", 0, max(0, limit - 1))])
+            (ids,) = await pipe.call([("ZRANGE", f"{base}:deadq", 0, max(0, limit - 1))])
             if not ids:
                 return []
-            payloads, infos = await run(
-                client, [("HMGET", f"{base}:dead", *ids), ("HMGET", f"{base}:deadinfo", *ids)]
+            payloads, infos = await pipe.call(
+                [("HMGET", f"{base}:dead", *ids), ("HMGET", f"{base}:deadinfo", *ids)]
             )
         return [
             codec.dead_letter(channel, raw_id, payload, info)
@@ -621,7 +631,7 @@ class RedisChannelLayer(QueueLayer):
         """Send dead letters (all, or ``ids``) back to ``channel`` from attempt 1."""
         self.require_valid_channel_name(channel)
         index, base = self._base(channel)
-        client = self._state().clients[index]
+        pipe = self._pipe(index)
         script = self._scripts["requeue"]
         todo = None if ids is None else list(ids)
         count = 0
@@ -630,10 +640,10 @@ class RedisChannelLayer(QueueLayer):
             while todo is None or todo:
                 chosen, todo = ([], None) if todo is None else (todo[:1000], todo[1000:])
                 args = [codec.number(clock.now()), *chosen]
-                (done,) = await run(client, [("EVALSHA", script, [base], args)])
+                (done,) = await pipe.call([("EVALSHA", script, [base], args)])
                 jobs = [codec.text(raw) for raw in done if not raw.startswith(b".")]
                 if jobs:
-                    await run(client, [("PERSIST", keys.locator_key(self.prefix, j)) for j in jobs])
+                    await pipe.call([("PERSIST", keys.locator_key(self.prefix, j)) for j in jobs])
                 count += len(done)
                 if ids is None and len(done) < 1000:
                     break
@@ -644,7 +654,8 @@ class RedisChannelLayer(QueueLayer):
         self.require_valid_channel_name(channel)
         index, base = self._base(channel)
         with transport_errors("pending"):
-            return int(await self._state().clients[index].hlen(f"{base}:msg"))
+            (count,) = await self._pipe(index).call([("HLEN", f"{base}:msg")])
+        return int(count)
 
 
 # --- helpers -----------------------------------------------------------------------
@@ -652,3 +663,8 @@ class RedisChannelLayer(QueueLayer):
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+def _pairs(raw: list[Any]) -> dict[Any, Any]:
+    """HGETALL's flat reply as a dict."""
+    return dict(zip(raw[::2], raw[1::2], strict=True))

@@ -1,224 +1,521 @@
-"""Connections of the Redis layer: clients, bounded retries, scripts by SHA.
+"""Connections of the Redis layer: pipelined, retried, one writer per connection.
 
-redis-py's asyncio connections belong to the event loop that opened them, and
-a Channels layer instance outlives loops (``async_to_sync`` makes one per
-call), so async clients are kept per loop. Sync code (views) gets plain
-redis-py clients with their own thread-safe pools: no event loop per call.
+redis-py costs more per command than Redis does: a pool checkout, a timeout
+context and four or five event-loop turns per asyncio command, which is
+most of what a job costs. The layer writes RESP itself (packed and parsed by
+hiredis) on connections of its own and matches replies to callers in order:
+
+- a call costs one write and one loop turn for its reply;
+- calls from many tasks share one connection without waiting for each other
+  (pipelining), and a cancelled caller does not break the connection: its
+  replies are read and dropped;
+- a connection error is retried on a fresh connection with jittered backoff,
+  bounded (:data:`RETRIES`), then raised as redis-py's ``ConnectionError``.
+
+Blocking commands (BLPOP, BLMOVE) get connections of their own
+(:class:`BlockingPool`): they would hold up every call queued behind them.
+
+Connections follow the host's URL or dict: address or unix socket, username,
+password, db, TLS (``rediss://``, ``ssl=True``, ``ssl_ca_certs``, ...) and
+``socket_connect_timeout``; the redis-py socket options channels_redis users
+pass are accepted and need nothing here; anything else is a ConfigurationError.
+
+asyncio connections belong to the event loop that opened them, and a layer
+instance outlives loops (``async_to_sync`` makes one per call), so the layer
+keeps them per loop. Sync code (views) gets a connection per thread: no event
+loop per call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator, Sequence
+import os
+import random
+import socket
+import ssl
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
-import redis
-import redis.asyncio
-import redis.asyncio.retry
-import redis.retry
-from redis.backoff import ExponentialWithJitterBackoff
+import hiredis
+from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..errors import TransportError
+from ..errors import ConfigurationError, TransportError
 from .redis_keys import Host, Script
 
-#: The longest a single BLPOP blocks. Idle receivers re-check delayed messages
-#: and expired leases at least this often, and it bounds the socket timeout.
+#: The longest a single blocking command blocks. Idle receivers re-check
+#: delayed messages and expired leases at least this often.
 BLOCK_MAX = 1.0
 
-#: Socket reads wait longer than any blocking command, so an idle BLPOP never
-#: looks like a dead connection (redis-py 8 defaults to 5 s: channels_redis#422).
-SOCKET_TIMEOUT = BLOCK_MAX + 9.0
-
-#: Retries after a connection error; with the jittered backoff below (20 ms
+#: Retries after a connection error; with the jittered backoff (20 ms
 #: doubling, capped at 500 ms) the bound is about 3 s of trying.
 RETRIES = 10
 _BACKOFF_BASE = 0.02
 _BACKOFF_CAP = 0.5
 
+#: A connection with replies outstanding and nothing read for this long is
+#: taken for dead (a blocking command never blocks longer than BLOCK_MAX).
+READ_TIMEOUT = 10.0
+_CONNECT_TIMEOUT = 2.0
+
 #: One call: ("EVALSHA", script, keys, args) or a plain command (name, *args).
 Call = tuple[Any, ...]
 
-
-def _client_kwargs(host: Host, overrides: dict[str, Any]) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "socket_timeout": SOCKET_TIMEOUT,
-        "socket_connect_timeout": 2.0,
-        "socket_keepalive": True,
-        "health_check_interval": 0,
-    }
-    kwargs.update(overrides)
-    kwargs.update(host.kwargs)
-    return kwargs
-
-
-def async_client(host: Host, overrides: dict[str, Any]) -> redis.asyncio.Redis:
-    """A redis-py asyncio client for ``host``, for the running loop only."""
-    kwargs = _client_kwargs(host, overrides)
-    kwargs.setdefault(
-        "retry",
-        redis.asyncio.retry.Retry(
-            ExponentialWithJitterBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE), RETRIES
-        ),
-    )
-    if host.url is not None:
-        return redis.asyncio.Redis.from_url(host.url, **kwargs)
-    return redis.asyncio.Redis(**kwargs)
-
-
-def sync_client(host: Host, overrides: dict[str, Any]) -> redis.Redis:
-    """A redis-py sync client for ``host`` with its own (thread-safe) pool."""
-    kwargs = _client_kwargs(host, overrides)
-    kwargs.setdefault(
-        "retry",
-        redis.retry.Retry(
-            ExponentialWithJitterBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE), RETRIES
-        ),
-    )
-    if host.url is not None:
-        return redis.Redis.from_url(host.url, **kwargs)
-    return redis.Redis(**kwargs)
+#: Host options the connections use (see the module docstring).
+_USED = {
+    "host", "port", "path", "db", "username", "password", "socket_connect_timeout",
+    "ssl", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "connection_class",
+}  # fmt: skip
+#: redis-py options with nothing to do here: timeouts, keepalive and retries are ours.
+_IGNORED = {
+    "socket_timeout", "socket_keepalive", "socket_keepalive_options", "health_check_interval",
+    "retry_on_timeout", "retry", "max_connections", "encoding", "client_name",
+}  # fmt: skip
 
 
 @contextlib.contextmanager
 def transport_errors(what: str) -> Iterator[None]:
-    """Turn redis-py's connection errors (raised once its retries ran out) into ours."""
+    """Turn connection errors (raised once the retries ran out) into TransportError."""
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError) as exc:
         raise TransportError(f"Redis unreachable during {what}: {exc}") from exc
 
 
-def _queue(pipe: Any, calls: Sequence[Call]) -> None:
+def backoff(failures: int) -> float:
+    """The jittered pause before retry number ``failures`` (1, 2, ...)."""
+    return random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2**failures))
+
+
+def pack(calls: Sequence[Call]) -> bytes:
+    """The RESP bytes of ``calls``."""
+    out = []
     for call in calls:
         if call[0] == "EVALSHA":
             _, script, keys, args = call
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            out.append(hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)))
         else:
-            pipe.execute_command(*call)
+            out.append(hiredis.pack_command(call))
+    return b"".join(out)
 
 
-def _scripts(calls: Sequence[Call]) -> list[Script]:
+def check(replies: list[Any]) -> list[Any]:
+    """``replies`` with Redis errors raised (redis-py's classes, as callers expect)."""
+    for reply in replies:
+        if isinstance(reply, hiredis.ReplyError):
+            message = str(reply)
+            if message.startswith("NOSCRIPT"):
+                raise NoScriptError(message)
+            raise ResponseError(message)
+    return replies
+
+
+def scripts_of(calls: Sequence[Call]) -> list[Script]:
     return [call[1] for call in calls if call[0] == "EVALSHA"]
 
 
-async def run(client: redis.asyncio.Redis, calls: Sequence[Call]) -> list[Any]:
-    """Run ``calls`` in one round trip; load scripts once if Redis lost them.
+class Target:
+    """Where and how to connect, from a layer host and its connection options."""
 
-    A pipeline whose script was missing ran its other commands already; every
-    pipeline the layer builds is safe to run twice.
-    """
-    for first_try in (True, False):
-        try:
-            if len(calls) == 1:
-                call = calls[0]
-                if call[0] == "EVALSHA":
-                    _, script, keys, args = call
-                    return [await client.evalsha(script.sha, len(keys), *keys, *args)]
-                return [await client.execute_command(*call)]  # type: ignore[no-untyped-call]
-            async with client.pipeline(transaction=False) as pipe:
-                _queue(pipe, calls)
-                return list(await pipe.execute())
-        except NoScriptError:
-            if not first_try:
-                raise
-            for script in _scripts(calls):
-                await client.script_load(script.source)
-    raise AssertionError("unreachable")
+    def __init__(self, host: Host, overrides: dict[str, Any]) -> None:
+        options = {**overrides, **host.kwargs}
+        if host.url is not None:
+            options.update(parse_url(host.url))  # type: ignore[no-untyped-call]
+        unknown = set(options) - _USED - _IGNORED
+        if unknown:
+            raise ConfigurationError(
+                f"RedisChannelLayer does not understand the connection options {sorted(unknown)}"
+            )
+        connection_class = options.pop("connection_class", None)
+        self.path: str | None = options.get("path")
+        self.host: str = options.get("host", "localhost")
+        self.port = int(options.get("port", 6379))
+        self.db = int(options.get("db") or 0)
+        self.username: str | None = options.get("username")
+        self.password: str | None = options.get("password")
+        self.connect_timeout = float(options.get("socket_connect_timeout") or _CONNECT_TIMEOUT)
+        use_tls = bool(options.get("ssl")) or (
+            connection_class is not None and "SSL" in connection_class.__name__
+        )
+        self.tls = _tls_context(options) if use_tls else None
+
+    def setup(self) -> list[Call]:
+        """AUTH and SELECT, as the connection's first commands."""
+        calls: list[Call] = []
+        if self.password is not None:
+            auth = ("AUTH", self.username, self.password) if self.username else None
+            calls.append(auth or ("AUTH", self.password))
+        if self.db:
+            calls.append(("SELECT", self.db))
+        return calls
+
+    def open_socket(self) -> socket.socket:
+        """A connected (blocking) socket, for sync callers."""
+        if self.path is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.connect_timeout)
+            sock.connect(self.path)
+        else:
+            sock = socket.create_connection((self.host, self.port), self.connect_timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+        sock.settimeout(READ_TIMEOUT)
+        return sock
 
 
-def run_sync(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
-    """:func:`run` for sync clients."""
-    for first_try in (True, False):
-        try:
-            if len(calls) == 1:
-                # A pipeline of one costs a third more than the command alone.
-                call = calls[0]
-                if call[0] == "EVALSHA":
-                    _, script, keys, args = call
-                    return [client.evalsha(script.sha, len(keys), *keys, *args)]
-                return [client.execute_command(*call)]  # type: ignore[no-untyped-call]
-            with client.pipeline(transaction=False) as pipe:
-                _queue(pipe, calls)
-                return list(pipe.execute())
-        except NoScriptError:
-            if not first_try:
-                raise
-            for script in _scripts(calls):
-                client.script_load(script.source)
-    raise AssertionError("unreachable")
+def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    certfile = options.get("ssl_certfile")
+    if certfile:
+        context.load_cert_chain(certfile, options.get("ssl_keyfile"))
+    requirement = options.get("ssl_cert_reqs", "required")
+    if requirement in ("none", None, ssl.CERT_NONE):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
-class Batcher:
-    """Coalesces calls made in the same event-loop turn into one pipeline.
+# --- asyncio --------------------------------------------------------------------------
 
-    A worker settling 100 jobs at once would otherwise pay 100 round trips and
-    100 pipeline set-ups; here they share one. Each caller still gets its own
-    results, and a submitted call whose caller was cancelled still runs
-    (settling is idempotent under the lease token, so that is safe).
-    """
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
-        self.client = client
-        self._pending: list[tuple[Sequence[Call], asyncio.Future[list[Any]]]] = []
-        self._running: set[asyncio.Task[None]] = set()
-        self._direct = 0
+class _Pending:
+    __slots__ = ("future", "left", "replies")
 
-    async def call(self, calls: Sequence[Call]) -> list[Any]:
-        """Run ``calls``: at once when nothing else is under way, else batched.
+    def __init__(self, future: asyncio.Future[list[Any]], count: int) -> None:
+        self.future = future
+        self.left = count
+        self.replies: list[Any] = []
 
-        A lone caller (a producer sending one job after another) skips the
-        batch's task and extra loop turns; callers that arrive while it runs
-        are batched together behind it. Cancelling a lone caller cancels its
-        command (redis-py then drops the connection), like any direct command.
-        """
-        if self._pending or self._running or self._direct:
-            return await self.submit(calls)
-        self._direct += 1
-        try:
-            return await run(self.client, calls)
-        finally:
-            self._direct -= 1
 
-    def submit(self, calls: Sequence[Call]) -> asyncio.Future[list[Any]]:
-        """Queue ``calls``; the future gets their results."""
+class _Protocol(asyncio.Protocol):
+    """One connection: writes pipelines, hands replies back in order."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reader = hiredis.Reader()
+        self.pending: deque[_Pending] = deque()
+        self.closed = asyncio.get_running_loop().create_future()
+        self.last_read = time.monotonic()
+        self.watchdog: asyncio.TimerHandle | None = None
+        #: writes held until the end of this loop turn, then sent as one
+        self.outbox: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def send(self, data: bytes, count: int) -> asyncio.Future[list[Any]]:
+        if self.transport is None or self.transport.is_closing():
+            raise RedisConnectionError("connection closed")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Any]] = loop.create_future()
-        if not self._pending:
+        future = loop.create_future()
+        # Calls of one loop turn share a write (one syscall, and Redis answers
+        # them in one packet); a lone caller waits one loop turn for it.
+        if not self.outbox:
+            if not self.pending:
+                self.last_read = time.monotonic()
             loop.call_soon(self._flush)
-        self._pending.append((calls, future))
+        self.outbox.append(data)
+        self.pending.append(_Pending(future, count))
+        if self.watchdog is None:
+            self.watchdog = loop.call_later(READ_TIMEOUT, self._check)
         return future
 
     def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        task = asyncio.ensure_future(self._run(batch))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        data, self.outbox = b"".join(self.outbox), []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+        # else connection_lost has failed (or will fail) every caller waiting on it
 
-    async def _run(self, batch: list[tuple[Sequence[Call], asyncio.Future[list[Any]]]]) -> None:
-        flat = [call for calls, _ in batch for call in calls]
-        try:
-            results = await run(self.client, flat)
-        except BaseException as exc:
-            for _, future in batch:
-                if future.done():
-                    continue
-                if isinstance(exc, asyncio.CancelledError):
-                    future.cancel()
-                else:
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
+    def _check(self) -> None:
+        self.watchdog = None
+        if not self.pending or self.transport is None:
             return
-        start = 0
-        for calls, future in batch:
-            if not future.done():
-                future.set_result(results[start : start + len(calls)])
-            start += len(calls)
+        idle = time.monotonic() - self.last_read
+        if idle >= READ_TIMEOUT:
+            self.transport.abort()  # connection_lost fails the callers
+            return
+        self.watchdog = asyncio.get_running_loop().call_later(READ_TIMEOUT - idle, self._check)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_read = time.monotonic()
+        self.reader.feed(data)
+        try:
+            while True:
+                reply = self.reader.gets()
+                if reply is False:
+                    return
+                waiting = self.pending[0]
+                waiting.replies.append(reply)
+                waiting.left -= 1
+                if waiting.left == 0:
+                    self.pending.popleft()
+                    if not waiting.future.done():  # its caller may have given up
+                        waiting.future.set_result(waiting.replies)
+        except (hiredis.ProtocolError, IndexError) as exc:
+            if self.transport is not None:
+                self.transport.abort()
+            self._fail(RedisConnectionError(f"unreadable reply from Redis: {exc!r}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _fail(self, error: Exception) -> None:
+        while self.pending:
+            waiting = self.pending.popleft()
+            if not waiting.future.done():
+                waiting.future.set_exception(error)
+
+    @property
+    def idle(self) -> bool:
+        return not self.pending
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class AsyncPipe:
+    """A pipelined connection to one host, opened on first use, reopened on loss."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
+
+    async def call(self, calls: Sequence[Call]) -> list[Any]:
+        """Run ``calls`` in one round trip; load scripts once if Redis lost them."""
+        try:
+            return check(await self.raw(pack(calls), len(calls)))
+        except NoScriptError:
+            loads: list[Call] = [("SCRIPT", "LOAD", s.source) for s in scripts_of(calls)]
+            check(await self.raw(pack(loads), len(loads)))
+            return check(await self.raw(pack(calls), len(calls)))
+
+    async def raw(self, data: bytes, count: int) -> list[Any]:
+        """Send packed commands; their replies (errors as values), retried on faults."""
+        failures = 0
+        while True:
+            protocol = self._protocol
+            try:
+                if protocol is None or protocol.transport is None:
+                    protocol = await self._connect()
+                return await protocol.send(data, count)
+            except (TimeoutError, RedisConnectionError, OSError) as exc:
+                if protocol is not None and protocol is self._protocol:
+                    self._protocol = None
+                    protocol.close()
+                failures += 1
+                if failures > RETRIES:
+                    if isinstance(exc, RedisConnectionError):
+                        raise
+                    raise RedisConnectionError(f"Redis unreachable: {exc!r}") from exc
+                await asyncio.sleep(backoff(failures))
+
+    async def _connect(self) -> _Protocol:
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open())
+        connecting = self._connecting
+        try:
+            protocol = await asyncio.shield(connecting)
+        finally:
+            if self._connecting is connecting and connecting.done():
+                self._connecting = None
+        return protocol
+
+    async def _open(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        target = self.target
+        async with asyncio.timeout(target.connect_timeout):
+            if target.path is not None:
+                _, protocol = await loop.create_unix_connection(
+                    _Protocol, target.path, ssl=target.tls
+                )
+            else:
+                _, protocol = await loop.create_connection(
+                    _Protocol,
+                    target.host,
+                    target.port,
+                    ssl=target.tls,
+                    server_hostname=target.host if target.tls else None,
+                )
+        setup = target.setup()
+        if setup:
+            try:
+                check(await protocol.send(pack(setup), len(setup)))
+            except BaseException:
+                protocol.close()
+                raise
+        self._protocol = protocol
+        return protocol
+
+    @property
+    def idle(self) -> bool:
+        """True when no replies are outstanding (a blocking pipe may be reused)."""
+        return self._protocol is None or self._protocol.idle
 
     async def close(self) -> None:
-        """Wait for pipelines already sent."""
-        await asyncio.gather(*self._running, return_exceptions=True)
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            protocol.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(protocol.closed, 1.0)
+
+
+class BlockingPool:
+    """Connections for blocking commands, one per concurrent blocker, reused when idle."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self._free: list[AsyncPipe] = []
+        self._busy: set[AsyncPipe] = set()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @contextlib.asynccontextmanager
+    async def pipe(self) -> AsyncIterator[AsyncPipe]:
+        """A pipe no one else is blocking on; back to the pool if it ends idle."""
+        pipe = self._free.pop() if self._free else AsyncPipe(self.target)
+        self._busy.add(pipe)
+        try:
+            yield pipe
+        finally:
+            self._busy.discard(pipe)
+            # A caller cancelled mid-block leaves a reply in flight: that pipe
+            # is closed once the reply came (or the read timed out), not reused.
+            if pipe.idle and len(self._free) < 8:
+                self._free.append(pipe)
+            else:
+                task = asyncio.ensure_future(_close_when_idle(pipe))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        pipes = [*self._free, *self._busy]
+        self._free, self._busy = [], set()
+        for task in self._closing:
+            task.cancel()
+        await asyncio.gather(
+            *self._closing, *(pipe.close() for pipe in pipes), return_exceptions=True
+        )
+
+
+async def _close_when_idle(pipe: AsyncPipe) -> None:
+    try:
+        for _ in range(int(READ_TIMEOUT / 0.05)):
+            if pipe.idle:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await pipe.close()
+
+
+# --- sync -------------------------------------------------------------------------------
+
+
+class _SyncConnection:
+    sock: socket.socket | None = None
+
+    def __init__(self, target: Target) -> None:
+        self.pid = os.getpid()
+        self.reader = hiredis.Reader()
+        self.sock = target.open_socket()
+        setup = target.setup()
+        if setup:
+            try:
+                check(self.exchange(pack(setup), len(setup)))
+            except BaseException:
+                self.close()
+                raise
+
+    def exchange(self, data: bytes, count: int) -> list[Any]:
+        sock = self.sock
+        if sock is None:
+            raise RedisConnectionError("connection closed")
+        sock.sendall(data)
+        replies: list[Any] = []
+        while len(replies) < count:
+            reply = self.reader.gets()
+            if reply is False:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise RedisConnectionError("connection to Redis closed")
+                self.reader.feed(chunk)
+                continue
+            replies.append(reply)
+        return replies
+
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()  # (plain: __del__ may call this while the interpreter exits)
+
+    def __del__(self) -> None:
+        # The connection of a finished thread goes with its thread-local.
+        self.close()
+
+
+class SyncPipe:
+    """:class:`AsyncPipe` for sync callers: one connection per thread (and process)."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        #: every thread's connection, for close(); a finished thread's drops out
+        self._connections: weakref.WeakSet[_SyncConnection] = weakref.WeakSet()
+
+    def call(self, calls: Sequence[Call]) -> list[Any]:
+        """Run ``calls`` in one round trip; load scripts once if Redis lost them."""
+        try:
+            return check(self.raw(pack(calls), len(calls)))
+        except NoScriptError:
+            loads: list[Call] = [("SCRIPT", "LOAD", s.source) for s in scripts_of(calls)]
+            check(self.raw(pack(loads), len(loads)))
+            return check(self.raw(pack(calls), len(calls)))
+
+    def raw(self, data: bytes, count: int) -> list[Any]:
+        failures = 0
+        while True:
+            connection: _SyncConnection | None = getattr(self._local, "connection", None)
+            try:
+                if connection is None or connection.pid != os.getpid():
+                    connection = self._open()
+                return connection.exchange(data, count)
+            except (RedisConnectionError, OSError) as exc:
+                # A half-read reply cannot be resumed: a fresh connection.
+                self._local.connection = None
+                if connection is not None:
+                    connection.close()
+                failures += 1
+                if failures > RETRIES:
+                    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                        raise
+                    raise RedisConnectionError(f"Redis unreachable: {exc!r}") from exc
+                time.sleep(backoff(failures))
+
+    def _open(self) -> _SyncConnection:
+        connection = _SyncConnection(self.target)
+        self._local.connection = connection
+        with self._lock:
+            self._connections.add(connection)
+        return connection
+
+    def close(self) -> None:
+        """Close every thread's connection (threads reopen on their next call)."""
+        with self._lock:
+            connections, self._connections = list(self._connections), weakref.WeakSet()
+        for connection in connections:
+            connection.close()
+        self._local = threading.local()

@@ -6,6 +6,10 @@ tokens carry no data, so a cancelled or retried BLPOP loses nothing. The take
 script itself runs shielded: if the caller is cancelled after Redis handed
 messages over, they go to an ``orphan`` callback (a buffer, or a release)
 instead of vanishing (channels_redis#348).
+
+A worker waiting on one channel sends the BLPOP and the take script in one
+pipeline: Redis runs the take the moment a token arrives, and the messages
+come back with the wake-up, in one hop instead of two.
 """
 
 from __future__ import annotations
@@ -19,13 +23,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import redis
-import redis.asyncio
-
 from .. import clock
 from ..jobs import JobRecord
 from .redis_codec import LOCAL_CHANNEL_KEY, decode_message, decode_record, number
-from .redis_conn import BLOCK_MAX, Batcher, Call, run, run_sync
+from .redis_conn import BLOCK_MAX, AsyncPipe, BlockingPool, Call, SyncPipe, Target
 from .redis_keys import Script
 
 #: (id, payload, attempt, token, reclaimed), one per message, from redis_claim.lua
@@ -58,11 +59,12 @@ class LocalBox:
 
 
 class LoopState:
-    """Everything bound to one event loop: clients, buffers, local readers."""
+    """Everything bound to one event loop: connections, buffers, local readers."""
 
-    def __init__(self, clients: list[redis.asyncio.Redis]) -> None:
-        self.clients = clients
-        self.batchers = [Batcher(client) for client in clients]
+    def __init__(self, targets: list[Target]) -> None:
+        #: per host: the pipelined connection, and connections for blocking
+        self.pipes = [AsyncPipe(target) for target in targets]
+        self.pools = [BlockingPool(target) for target in targets]
         self.buffers: dict[str, deque[dict[str, Any]]] = {}
         self.orphaned: dict[str, set[asyncio.Future[Any]]] = {}
         self.local: dict[str, LocalBox] = {}
@@ -78,23 +80,33 @@ class LoopState:
 
 
 async def take(
-    client: redis.asyncio.Redis,
+    pipe: AsyncPipe,
     script: Script,
     base: str,
     limit: int,
     lease: float,
     orphan: Orphan,
     orphaned: set[asyncio.Future[Any]] | None = None,
+    pool: BlockingPool | None = None,
+    block: float = 0.0,
 ) -> tuple[list[Row], float | None]:
     """Run the take script (lease > 0: claim; 0: receive); also the next due time.
 
-    A take whose caller was cancelled stays in ``orphaned`` until its rows have
-    been handed to ``orphan``, so the next receiver can wait for them.
+    With ``pool`` and ``block``, first wait up to ``block`` s for a wake token
+    of ``base``, in the same pipeline (see the module docstring). A take whose
+    caller was cancelled stays in ``orphaned`` until its rows have been handed
+    to ``orphan``, so the next receiver can wait for them.
     """
     now = clock.now()
     deadline = number(now + lease) if lease > 0 else "0"
+    # After a block, "now" is when the pipeline left: due times and expired
+    # leases may be seen up to ``block`` late (never early); the caller's next
+    # take sees them.
     call: Call = ("EVALSHA", script, [base], [number(now), limit, deadline])
-    task = asyncio.ensure_future(run(client, [call]))
+    if pool is None:
+        task = asyncio.ensure_future(pipe.call([call]))
+    else:
+        task = asyncio.ensure_future(_blocking_take(pool, base, call, block))
     try:
         ((raw_due, rows),) = await asyncio.shield(task)
     except asyncio.CancelledError:
@@ -107,8 +119,14 @@ async def take(
     return rows, (float(raw_due) if raw_due else None)
 
 
+async def _blocking_take(pool: BlockingPool, base: str, call: Call, block: float) -> list[Any]:
+    async with pool.pipe() as pipe:
+        _, taken = await pipe.call([("BLPOP", f"{base}:wake", _block_seconds(block)), call])
+    return [taken]
+
+
 async def block(
-    clients: Sequence[redis.asyncio.Redis], bases: Sequence[tuple[int, str]], timeout: float
+    pools: Sequence[BlockingPool], bases: Sequence[tuple[int, str]], timeout: float
 ) -> None:
     """Wait up to ``timeout`` s for a wake token on any of ``bases`` (host index, base)."""
     timeout = max(0.01, round(timeout, 3))
@@ -117,12 +135,9 @@ async def block(
         by_host.setdefault(index, []).append(f"{base}:wake")
     if len(by_host) == 1:
         ((index, keys),) = by_host.items()
-        await clients[index].blpop(keys, timeout=timeout)
+        await _blpop(pools[index], keys, timeout)
         return
-    waits = [
-        asyncio.ensure_future(clients[i].blpop(keys, timeout=timeout))
-        for i, keys in by_host.items()
-    ]
+    waits = [asyncio.ensure_future(_blpop(pools[i], keys, timeout)) for i, keys in by_host.items()]
     try:
         done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -133,8 +148,13 @@ async def block(
         wait.result()
 
 
+async def _blpop(pool: BlockingPool, keys: list[str], timeout: float) -> None:
+    async with pool.pipe() as pipe:
+        await pipe.call([("BLPOP", *keys, timeout)])
+
+
 async def wait_record(
-    client: redis.asyncio.Redis,
+    pool: BlockingPool,
     script: Script,
     record: str,
     done: str,
@@ -145,46 +165,45 @@ async def wait_record(
     Each read marks the record watched (redis_watch.lua), so the job's end
     pushes the final record to ``done``; BLMOVE-ing it back onto its own list
     wakes every waiter, not only the first, and hands each the record without
-    another read. Blocking is in chunks below the socket timeout, and every
-    chunk ends with a fresh read, so even a push that expired unseen costs at
-    most one chunk.
+    another read. Blocking is in chunks of at most BLOCK_MAX, and every chunk
+    ends with a fresh read, so even a push that expired unseen costs at most
+    one chunk.
     """
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     call: Call = ("EVALSHA", script, [record, done], [])
-    while True:
-        (raw,) = await run(client, [call])
-        found = _record(raw)
-        if found is None or found.status.is_terminal:
-            return found
-        left = BLOCK_MAX if deadline is None else min(BLOCK_MAX, deadline - loop.time())
-        if left <= 0:
-            return found
-        pushed = await client.execute_command(  # type: ignore[no-untyped-call]
-            "BLMOVE", done, done, "RIGHT", "LEFT", _block_seconds(left)
-        )
-        found = _pushed(pushed)
-        if found is not None:
-            return found
+    async with pool.pipe() as pipe:
+        while True:
+            (raw,) = await pipe.call([call])
+            found = _record(raw)
+            if found is None or found.status.is_terminal:
+                return found
+            left = BLOCK_MAX if deadline is None else min(BLOCK_MAX, deadline - loop.time())
+            if left <= 0:
+                return found
+            (pushed,) = await pipe.call(
+                [("BLMOVE", done, done, "RIGHT", "LEFT", _block_seconds(left))]
+            )
+            found = _pushed(pushed)
+            if found is not None:
+                return found
 
 
 def wait_record_sync(
-    client: redis.Redis, script: Script, record: str, done: str, timeout: float | None
+    pipe: SyncPipe, script: Script, record: str, done: str, timeout: float | None
 ) -> JobRecord | None:
-    """:func:`wait_record` on a sync client."""
+    """:func:`wait_record` from sync code."""
     deadline = None if timeout is None else time.monotonic() + timeout
     call: Call = ("EVALSHA", script, [record, done], [])
     while True:
-        (raw,) = run_sync(client, [call])
+        (raw,) = pipe.call([call])
         found = _record(raw)
         if found is None or found.status.is_terminal:
             return found
         left = BLOCK_MAX if deadline is None else min(BLOCK_MAX, deadline - time.monotonic())
         if left <= 0:
             return found
-        pushed = client.execute_command(  # type: ignore[no-untyped-call]
-            "BLMOVE", done, done, "RIGHT", "LEFT", _block_seconds(left)
-        )
+        (pushed,) = pipe.call([("BLMOVE", done, done, "RIGHT", "LEFT", _block_seconds(left))])
         found = _pushed(pushed)
         if found is not None:
             return found
@@ -269,10 +288,10 @@ async def close_state(state: LoopState) -> None:
     for task in readers:
         task.cancel()
     await asyncio.gather(*readers, *state.background, return_exceptions=True)
-    for batcher in state.batchers:
-        await batcher.close()
-    for client in state.clients:
-        await client.aclose()
+    for pipe in state.pipes:
+        await pipe.close()
+    for pool in state.pools:
+        await pool.close()
 
 
 def close_with_loop(

@@ -1,0 +1,168 @@
+"""The Redis layer's own connections: set-up, pipelining, cancellation, threads, options."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from layerq.errors import ConfigurationError
+from layerq.layers.redis import RedisChannelLayer
+from layerq.layers.redis_conn import AsyncPipe, SyncPipe, Target
+from layerq.layers.redis_keys import Host, parse_hosts
+from layerq.testing import RedisServer
+from tests.integration.test_redis import job
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture(scope="module")
+def guarded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private server with a password, also listening on a unix socket."""
+    socket_path = tmp_path_factory.mktemp("sock") / "redis.sock"
+    args = ("--requirepass", "s3cret", "--unixsocket", str(socket_path))
+    with RedisServer(extra_args=args) as server:
+        yield server
+
+
+def _socket_of(server: RedisServer) -> str:
+    return server.extra_args[server.extra_args.index("--unixsocket") + 1]
+
+
+@pytest.mark.parametrize("via", ["tcp", "unix"])
+async def test_password_and_db_from_the_url_are_used(guarded_server: RedisServer, via: str) -> None:
+    """AUTH and SELECT come from the URL, over TCP and over a unix socket."""
+    if via == "tcp":
+        url = f"redis://:s3cret@127.0.0.1:{guarded_server.port}/3"
+    else:
+        url = f"unix://:s3cret@{_socket_of(guarded_server)}?db=3"
+    layer = RedisChannelLayer(hosts=[url], prefix="guarded")
+    try:
+        await layer.send("c", {"type": "t", "n": 1})
+        assert await asyncio.wait_for(layer.receive("c"), 5) == {"type": "t", "n": 1}
+        message, record = job("jobs")
+        layer.enqueue_sync("jobs", message, record)  # the sync connection authenticates too
+        inspector = redis.Redis(port=guarded_server.port, password="s3cret", db=3)
+        try:
+            assert inspector.exists(f"{{guarded:jobs}}:job:{record.id}") == 1
+            assert redis.Redis(port=guarded_server.port, password="s3cret").dbsize() == 0
+        finally:
+            inspector.close()
+    finally:
+        await layer.flush()
+        await layer.close()
+
+
+async def test_a_wrong_password_is_an_error_not_a_hang(guarded_server: RedisServer) -> None:
+    """Redis refusing the credentials surfaces at once as Redis's own error."""
+    layer = RedisChannelLayer(hosts=[f"redis://:wrong@127.0.0.1:{guarded_server.port}/0"])
+    try:
+        with pytest.raises(redis.ResponseError, match="WRONGPASS|invalid password"):
+            await layer.send("c", {"type": "t"})
+    finally:
+        await layer.close()
+
+
+def test_unknown_connection_options_are_refused() -> None:
+    """A misspelt option is a ConfigurationError; redis-py's socket options are accepted."""
+    with pytest.raises(ConfigurationError, match="socket_tiemout"):
+        RedisChannelLayer(connection_kwargs={"socket_tiemout": 3})
+    RedisChannelLayer(connection_kwargs={"socket_timeout": 3, "retry_on_timeout": True})
+    RedisChannelLayer(hosts=[{"address": "redis://localhost:6379/0", "password": "x"}])
+
+
+async def test_concurrent_callers_share_a_connection_and_get_their_own_replies(
+    redis_server: RedisServer,
+) -> None:
+    """Hundreds of calls from concurrent tasks, pipelined on one connection, each matched."""
+    pipe = AsyncPipe(Target(parse_hosts([redis_server.url])[0], {}))
+    try:
+        key = "pipe:concurrent"
+        replies = await asyncio.gather(*(pipe.call([("INCR", key)]) for _ in range(500)))
+        assert sorted(reply for (reply,) in replies) == list(range(1, 501))
+        assert await pipe.call([("DEL", key)]) == [1]
+    finally:
+        await pipe.close()
+
+
+async def test_a_cancelled_caller_does_not_shift_the_replies_of_the_next(
+    redis_server: RedisServer,
+) -> None:
+    """A caller cancelled while Redis blocks: its late reply is dropped, not handed on."""
+    pipe = AsyncPipe(Target(parse_hosts([redis_server.url])[0], {}))
+    try:
+        blocked = asyncio.create_task(pipe.call([("BLPOP", "pipe:never", 0.3)]))
+        await asyncio.sleep(0.05)
+        blocked.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await blocked
+        # Queued behind the BLPOP on the same connection: it must get ITS reply.
+        assert await pipe.call([("ECHO", "mine")]) == [b"mine"]
+    finally:
+        await pipe.close()
+
+
+async def test_a_killed_connection_is_reopened_by_the_next_call(redis_server: RedisServer) -> None:
+    """CLIENT KILL from outside: the next call reconnects (and retries) by itself."""
+    pipe = AsyncPipe(Target(parse_hosts([redis_server.url])[0], {}))
+    admin = redis.Redis(port=redis_server.port)
+    try:
+        await pipe.call([("CLIENT", "SETNAME", "victim")])
+        victims = [c for c in admin.client_list() if c["name"] == "victim"]
+        assert len(victims) == 1
+        admin.client_kill_filter(_id=victims[0]["id"])
+        assert await pipe.call([("ECHO", "back")]) == [b"back"]
+    finally:
+        admin.close()
+        await pipe.close()
+
+
+def test_sync_callers_in_many_threads_each_get_their_own_connection(
+    redis_server: RedisServer,
+) -> None:
+    """enqueue_sync from 8 threads at once: every job stored once, no crossed replies."""
+    layer = RedisChannelLayer(hosts=[redis_server.url], prefix="threads")
+    records = [job("jobs") for _ in range(400)]
+    errors: list[BaseException] = []
+
+    def produce(part: int) -> None:
+        try:
+            for message, record in records[part::8]:
+                layer.enqueue_sync("jobs", message, record)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=produce, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+    async def check() -> None:
+        try:
+            assert await layer.pending("jobs") == 400
+            for _, record in records[::50]:
+                found = await layer.get_record(record.id)
+                assert found is not None and found.id == record.id
+        finally:
+            await layer.flush()
+            await layer.close()
+
+    asyncio.run(check())
+
+
+def test_sync_pipe_survives_a_server_restart(tmp_path: Path) -> None:
+    """A sync connection broken by a restart is replaced on the next call."""
+    with RedisServer() as server:
+        pipe = SyncPipe(Target(Host(server.url, server.url, {}), {}))
+        try:
+            assert pipe.call([("SET", "k", "1")]) == [b"OK"]
+            server.restart()
+            assert pipe.call([("GET", "k")]) == [None]  # a fresh, empty server
+        finally:
+            pipe.close()
