@@ -61,7 +61,7 @@ async def test_a_wrong_password_is_an_error_not_a_hang(guarded_server: RedisServ
     """Redis refusing the credentials surfaces at once as Redis's own error."""
     layer = RedisChannelLayer(hosts=[f"redis://:wrong@127.0.0.1:{guarded_server.port}/0"])
     try:
-        with pytest.raises(redis.ResponseError, match="WRONGPASS|invalid password"):
+        with pytest.raises(redis.ResponseError, match=r"WRONGPASS|invalid password"):
             await layer.send("c", {"type": "t"})
     finally:
         await layer.close()
@@ -148,7 +148,8 @@ def test_sync_callers_in_many_threads_each_get_their_own_connection(
             assert await layer.pending("jobs") == 400
             for _, record in records[::50]:
                 found = await layer.get_record(record.id)
-                assert found is not None and found.id == record.id
+                assert found is not None
+                assert found.id == record.id
         finally:
             await layer.flush()
             await layer.close()
