@@ -87,6 +87,10 @@ class Worker:
             QueueSource(self.layer) if is_queue_layer(self.layer) else BasicSource(self.layer)
         )
         self._running: dict[str, _Running] = {}
+        #: deliveries holding a slot: running, or settling where a settle does
+        #: not precede the next claim (see QueueLayer.settles_precede_claims)
+        self._slots: set[str] = set()
+        self._early_release = bool(getattr(self.layer, "settles_precede_claims", False))
         self._slot_free = asyncio.Event()
         self._stopping = False
         self._hard_stop = False
@@ -138,7 +142,7 @@ class Worker:
 
     async def _loop(self) -> None:
         while not self._stopping:
-            free = self.concurrency - len(self._running)
+            free = self.concurrency - len(self._slots)
             if free <= 0:
                 self._slot_free.clear()
                 await self._slot_free.wait()
@@ -165,6 +169,11 @@ class Worker:
     def _start(self, delivery: Delivery) -> None:
         task = asyncio.create_task(self._handle(delivery))
         self._running[delivery.id] = _Running(delivery, task)
+        self._slots.add(delivery.id)
+
+    def _free_slot(self, delivery: Delivery) -> None:
+        self._slots.discard(delivery.id)
+        self._slot_free.set()
 
     async def _drain(self) -> None:
         if self._running and not self._hard_stop:
@@ -212,7 +221,7 @@ class Worker:
             running = self._running.pop(delivery.id, None)
             if running is not None and running.settled:
                 self.processed += 1
-            self._slot_free.set()
+            self._free_slot(delivery)
 
     def _settled(self, delivery: Delivery) -> None:
         running = self._running.get(delivery.id)
@@ -261,6 +270,10 @@ class Worker:
             await self._fail(delivery, job, type(exc).__name__, str(exc), began, exc)
         else:
             duration = round(time.monotonic() - began, 6)
+            if self._early_release:
+                # The ack below is sent in this step, ahead of any claim the
+                # loop makes for the freed slot: Redis never sees more leases.
+                self._free_slot(delivery)
             if await self.source.ack(delivery, result, self.settings.result_ttl):
                 self._settled(delivery)
                 log.info("job.succeeded", duration=duration, queued_for=queued_for)

@@ -62,6 +62,12 @@ class QueueLayer(BaseChannelLayer, abc.ABC):  # type: ignore[misc]
 
     extensions = ["groups", "flush", EXTENSION]
 
+    #: True when a settle (ack, retry, ...) started before a claim always
+    #: reaches the store first (one ordered connection): a worker may then free
+    #: a job's slot as soon as its ack is under way, and pipeline the next claim
+    #: behind it without ever holding more leases than its concurrency.
+    settles_precede_claims = False
+
     # --- producer side ------------------------------------------------------
 
     @abc.abstractmethod

@@ -46,6 +46,8 @@ class RedisChannelLayer(QueueLayer):
     """A Channels layer on one or more Redis servers, with leases and job records."""
 
     extensions = ["groups", "flush", EXTENSION]
+    #: settles and claims share one pipelined connection per host, in order
+    settles_precede_claims = True
 
     def __init__(
         self,
@@ -68,8 +70,11 @@ class RedisChannelLayer(QueueLayer):
         self.prefix = prefix
         self.group_expiry = group_expiry
         self.client_prefix = secrets.token_hex(6)
-        self._targets = [Target(host, dict(connection_kwargs or {})) for host in self.hosts]
         self._scripts = keys.load_scripts()
+        self._targets = [
+            Target(host, dict(connection_kwargs or {}), list(self._scripts.values()))
+            for host in self.hosts
+        ]
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, waits.LoopState] = (
             weakref.WeakKeyDictionary()
         )

@@ -43,8 +43,8 @@ from typing import Any
 
 import hiredis
 from redis.connection import parse_url
+from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import ConfigurationError, TransportError
@@ -111,9 +111,21 @@ def check(replies: list[Any]) -> list[Any]:
     for reply in replies:
         if isinstance(reply, hiredis.ReplyError):
             message = str(reply)
+            if message.startswith("LOADING"):
+                # A restarted Redis reading its data: a fault to wait out, as
+                # redis-py does (BusyLoadingError is a ConnectionError).
+                raise BusyLoadingError(message)
             if message.startswith("NOSCRIPT"):
                 raise NoScriptError(message)
             raise ResponseError(message)
+    return replies
+
+
+def _unless_loading(replies: list[Any]) -> list[Any]:
+    """``replies``; BusyLoadingError (retried like a lost connection) if Redis was loading."""
+    for reply in replies:
+        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("LOADING"):
+            raise BusyLoadingError(str(reply))
     return replies
 
 
@@ -124,7 +136,12 @@ def scripts_of(calls: Sequence[Call]) -> list[Script]:
 class Target:
     """Where and how to connect, from a layer host and its connection options."""
 
-    def __init__(self, host: Host, overrides: dict[str, Any]) -> None:
+    def __init__(
+        self, host: Host, overrides: dict[str, Any], scripts: Sequence[Script] = ()
+    ) -> None:
+        #: loaded as each connection opens: a restarted Redis has none, and a
+        #: NOSCRIPT would send a call twice, the second time behind later calls
+        self.scripts = list(scripts)
         options = {**overrides, **host.kwargs}
         if host.url is not None:
             options.update(parse_url(host.url))  # type: ignore[no-untyped-call]
@@ -147,13 +164,14 @@ class Target:
         self.tls = _tls_context(options) if use_tls else None
 
     def setup(self) -> list[Call]:
-        """AUTH and SELECT, as the connection's first commands."""
+        """AUTH, SELECT and SCRIPT LOAD, as the connection's first commands."""
         calls: list[Call] = []
         if self.password is not None:
             auth = ("AUTH", self.username, self.password) if self.username else None
             calls.append(auth or ("AUTH", self.password))
         if self.db:
             calls.append(("SELECT", self.db))
+        calls += [("SCRIPT", "LOAD", script.source) for script in self.scripts]
         return calls
 
     def open_socket(self) -> socket.socket:
@@ -295,6 +313,18 @@ class AsyncPipe:
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
 
+    def submit(self, calls: Sequence[Call]) -> asyncio.Future[list[Any]] | None:
+        """Queue ``calls`` on the open connection: a future of their raw replies.
+
+        No task, no retry, errors as values (see :func:`check`); None when no
+        connection is open (:meth:`call` opens one). For the hot path of a
+        worker, where :meth:`call`'s coroutine would be one more task.
+        """
+        protocol = self._protocol
+        if protocol is None or protocol.transport is None or protocol.transport.is_closing():
+            return None
+        return protocol.send(pack(calls), len(calls))
+
     async def call(self, calls: Sequence[Call]) -> list[Any]:
         """Run ``calls`` in one round trip; load scripts once if Redis lost them."""
         try:
@@ -312,7 +342,7 @@ class AsyncPipe:
             try:
                 if protocol is None or protocol.transport is None:
                     protocol = await self._connect()
-                return await protocol.send(data, count)
+                return _unless_loading(await protocol.send(data, count))
             except (TimeoutError, RedisConnectionError, OSError) as exc:
                 if protocol is not None and protocol is self._protocol:
                     self._protocol = None
@@ -383,23 +413,32 @@ class BlockingPool:
         self._busy: set[AsyncPipe] = set()
         self._closing: set[asyncio.Task[None]] = set()
 
-    @contextlib.asynccontextmanager
-    async def pipe(self) -> AsyncIterator[AsyncPipe]:
-        """A pipe no one else is blocking on; back to the pool if it ends idle."""
+    def acquire(self) -> AsyncPipe:
+        """A pipe no one else is blocking on; give it back with :meth:`release`."""
         pipe = self._free.pop() if self._free else AsyncPipe(self.target)
         self._busy.add(pipe)
+        return pipe
+
+    def release(self, pipe: AsyncPipe) -> None:
+        """Back to the pool if idle; else closed once its reply came (or timed out)."""
+        self._busy.discard(pipe)
+        # A caller cancelled mid-block leaves a reply in flight: that pipe is
+        # not reused, or the next blocker would wait behind the old block.
+        if pipe.idle and len(self._free) < 8:
+            self._free.append(pipe)
+        else:
+            task = asyncio.ensure_future(_close_when_idle(pipe))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    @contextlib.asynccontextmanager
+    async def pipe(self) -> AsyncIterator[AsyncPipe]:
+        """:meth:`acquire` and :meth:`release` around a block."""
+        pipe = self.acquire()
         try:
             yield pipe
         finally:
-            self._busy.discard(pipe)
-            # A caller cancelled mid-block leaves a reply in flight: that pipe
-            # is closed once the reply came (or the read timed out), not reused.
-            if pipe.idle and len(self._free) < 8:
-                self._free.append(pipe)
-            else:
-                task = asyncio.ensure_future(_close_when_idle(pipe))
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+            self.release(pipe)
 
     async def close(self) -> None:
         pipes = [*self._free, *self._busy]
@@ -492,7 +531,7 @@ class SyncPipe:
             try:
                 if connection is None or connection.pid != os.getpid():
                     connection = self._open()
-                return connection.exchange(data, count)
+                return _unless_loading(connection.exchange(data, count))
             except (RedisConnectionError, OSError) as exc:
                 # A half-read reply cannot be resumed: a fresh connection.
                 self._local.connection = None

@@ -23,10 +23,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from .. import clock
 from ..jobs import JobRecord
 from .redis_codec import LOCAL_CHANNEL_KEY, decode_message, decode_record, number
-from .redis_conn import BLOCK_MAX, AsyncPipe, BlockingPool, Call, SyncPipe, Target
+from .redis_conn import BLOCK_MAX, AsyncPipe, BlockingPool, Call, SyncPipe, Target, check
 from .redis_keys import Script
 
 #: (id, payload, attempt, token, reclaimed), one per message, from redis_claim.lua
@@ -103,26 +105,44 @@ async def take(
     # leases may be seen up to ``block`` late (never early); the caller's next
     # take sees them.
     call: Call = ("EVALSHA", script, [base], [number(now), limit, deadline])
-    if pool is None:
-        task = asyncio.ensure_future(pipe.call([call]))
-    else:
-        task = asyncio.ensure_future(_blocking_take(pool, base, call, block))
+    future = _submit(pipe, call, pool, base, block)
     try:
-        ((raw_due, rows),) = await asyncio.shield(task)
+        replies = await asyncio.shield(future)
     except asyncio.CancelledError:
         # The script may have run already; its messages must not vanish.
-        task.add_done_callback(lambda done: _adopt(done, orphan))
+        future.add_done_callback(lambda done: _adopt(done, orphan))
         if orphaned is not None:
-            orphaned.add(task)
-            task.add_done_callback(orphaned.discard)
+            orphaned.add(future)
+            future.add_done_callback(orphaned.discard)
         raise
+    try:
+        raw_due, rows = check(replies)[-1]
+    except NoScriptError:  # a restarted Redis: call() loads the script and runs it
+        ((raw_due, rows),) = await pipe.call([call])
     return rows, (float(raw_due) if raw_due else None)
 
 
-async def _blocking_take(pool: BlockingPool, base: str, call: Call, block: float) -> list[Any]:
+def _submit(
+    pipe: AsyncPipe, call: Call, pool: BlockingPool | None, base: str, block: float
+) -> asyncio.Future[list[Any]]:
+    """The take's replies, coming: queued on an open connection (no task) when
+    there is one, else by a task that connects (and retries) first."""
+    if pool is None:
+        future = pipe.submit([call])
+        return future if future is not None else asyncio.ensure_future(pipe.call([call]))
+    calls = [("BLPOP", f"{base}:wake", _block_seconds(block)), call]
+    blocking = pool.acquire()
+    future = blocking.submit(calls)
+    if future is None:
+        pool.release(blocking)
+        return asyncio.ensure_future(_blocking_take(pool, calls))
+    future.add_done_callback(lambda _: pool.release(blocking))
+    return future
+
+
+async def _blocking_take(pool: BlockingPool, calls: list[Call]) -> list[Any]:
     async with pool.pipe() as pipe:
-        _, taken = await pipe.call([("BLPOP", f"{base}:wake", _block_seconds(block)), call])
-    return [taken]
+        return await pipe.call(calls)
 
 
 async def block(
@@ -319,9 +339,9 @@ def close_with_loop(
 def _adopt(task: asyncio.Future[list[Any]], orphan: Orphan) -> None:
     if task.cancelled() or task.exception() is not None:
         return
-    ((_, rows),) = task.result()
-    if rows:
-        orphan(rows)
+    reply = task.result()[-1]
+    if isinstance(reply, list) and reply[1]:  # not an error: taken rows
+        orphan(reply[1])
 
 
 def _consume_exception(task: asyncio.Future[Any]) -> None:

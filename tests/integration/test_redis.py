@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +17,8 @@ from layerq.events import Envelope, build_message, new_job_id
 from layerq.jobs import JobRecord, JobStatus
 from layerq.layers.redis import RedisChannelLayer
 from layerq.testing import RedisServer, redis_server_binary
+from tests.app.events import Add
+from tests.conftest import running_worker
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -312,3 +315,40 @@ async def test_a_stale_wake_token_does_not_end_a_requeued_wait(
     found = await asyncio.wait_for(again, 2)
     assert found is not None
     assert found.status is JobStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+@pytest.mark.django_db(transaction=True)
+async def test_a_worker_never_holds_more_leases_than_its_concurrency(
+    layer_settings: dict[str, Any], redis_server: RedisServer
+) -> None:
+    """Slots are freed as acks leave, yet Redis never holds more than `concurrency` leases.
+
+    The next claim is pipelined behind the acks on one connection, so Redis
+    settles them first; a claim overtaking an ack would show here as a 5th lease.
+    """
+    prefix = layer_settings["default"]["CONFIG"]["prefix"]
+    lease_key = f"{{{prefix}:math}}:lease"
+    jobs = [await Add(a=i, b=1).asend() for i in range(600)]
+    most = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal most
+        client = redis.Redis(port=redis_server.port)
+        try:
+            while not stop.is_set():
+                most = max(most, int(client.zcard(lease_key)))
+        finally:
+            client.close()
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        async with running_worker(["math"], concurrency=4):
+            for handle in jobs[::50] + jobs[-1:]:
+                await handle.aresult(timeout=20)
+    finally:
+        stop.set()
+        sampler.join()
+    assert 1 <= most <= 4
