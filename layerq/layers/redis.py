@@ -10,166 +10,38 @@ Key layout and scripts: :mod:`layerq.layers.redis_keys` and the
 list, the delay and lease sets hold only ids, and every move between them is one
 Lua script, so a crash between two commands cannot duplicate or lose a message.
 
-Waiting and cancellation: :mod:`layerq.layers.redis_wait`.
+Configuration, connections per event loop and the script calls:
+:mod:`layerq.layers.redis_base`. Waiting and cancellation:
+:mod:`layerq.layers.redis_wait`.
 
 Connections and faults: :mod:`layerq.layers.redis_conn`. Connection errors
 are retried (bounded, jittered backoff, reconnecting as needed); past the
-bound an operation raises :class:`~layerq.errors.TransportError`. ``claim`` keeps retrying until its
-``wait`` has passed and only then raises TransportError.
+bound an operation raises :class:`~layerq.errors.TransportError`. ``claim``
+keeps retrying until its ``wait`` has passed and only then raises
+TransportError.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-import threading
-import weakref
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 from .. import clock
-from ..conf import get_settings
-from ..errors import ConfigurationError, QueueFull, TransportError
+from ..errors import QueueFull, TransportError
 from ..jobs import JobRecord
 from . import redis_codec as codec
 from . import redis_keys as keys
 from . import redis_wait as waits
-from .base import EXTENSION, DeadLetter, Delivery, QueueLayer
-from .redis_conn import BLOCK_MAX, AsyncPipe, Call, SyncPipe, Target, transport_errors
-
-#: job id -> channel, for jobs this process sent or claimed; cleared when full
-_CHANNEL_CACHE_SIZE = 10_000
+from .base import DeadLetter, Delivery
+from .redis_base import RedisBase
+from .redis_conn import BLOCK_MAX, Call, transport_errors
 
 
-class RedisChannelLayer(QueueLayer):
+class RedisChannelLayer(RedisBase):
     """A Channels layer on one or more Redis servers, with leases and job records."""
-
-    extensions = ["groups", "flush", EXTENSION]
-    #: settles and claims share one pipelined connection per host, in order
-    settles_precede_claims = True
-
-    def __init__(
-        self,
-        hosts: Sequence[Any] | None = None,
-        prefix: str = "asgi",
-        expiry: float = 60,
-        group_expiry: int = 86400,
-        capacity: int = 100_000,
-        channel_capacity: dict[Any, int] | None = None,
-        connection_kwargs: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if kwargs:
-            raise ConfigurationError(
-                f"RedisChannelLayer does not take {sorted(kwargs)}; see layerq.layers.redis"
-            )
-        super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
-        self.channel_capacity = self.compile_capacities(channel_capacity or {})
-        self.hosts = keys.parse_hosts(hosts)
-        self.prefix = prefix
-        self.group_expiry = group_expiry
-        self.client_prefix = secrets.token_hex(6)
-        self._scripts = keys.load_scripts()
-        self._targets = [
-            Target(host, dict(connection_kwargs or {}), list(self._scripts.values()))
-            for host in self.hosts
-        ]
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, waits.LoopState] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._sync_pipes: list[SyncPipe] | None = None
-        self._sync_lock = threading.Lock()
-        self._job_channels: dict[str, str] = {}
-
-    # --- plumbing -----------------------------------------------------------
-
-    def _state(self) -> waits.LoopState:
-        loop = asyncio.get_running_loop()
-        state = self._loops.get(loop)
-        if state is None:
-            state = self._loops[loop] = waits.LoopState(self._targets)
-            waits.close_with_loop(loop, self._loops)
-        return state
-
-    def _pipe(self, index: int) -> AsyncPipe:
-        return self._state().pipes[index]
-
-    def _sync(self, index: int) -> SyncPipe:
-        if self._sync_pipes is None:
-            with self._sync_lock:
-                if self._sync_pipes is None:
-                    self._sync_pipes = [SyncPipe(target) for target in self._targets]
-        return self._sync_pipes[index]
-
-    def _host(self, name: str) -> int:
-        return keys.pick_host(name, self.hosts)
-
-    def _base(self, channel: str) -> tuple[int, str]:
-        key = self.non_local_name(channel)
-        return self._host(key), keys.channel_base(self.prefix, key)
-
-    def _remember(self, job_id: str, channel: str) -> None:
-        if len(self._job_channels) >= _CHANNEL_CACHE_SIZE:
-            self._job_channels.clear()
-        self._job_channels[job_id] = self.non_local_name(channel)
-
-    def _store_call(
-        self,
-        channel: str,
-        message: dict[str, Any],
-        now: float,
-        record: JobRecord | None = None,
-        delay: float = 0.0,
-    ) -> Call:
-        job_id = record.id if record is not None else codec.job_id_of(message)
-        message_id, suffix = job_id or codec.new_message_id(), ""
-        if "!" in channel:
-            message = {**message, codec.LOCAL_CHANNEL_KEY: channel}
-            if job_id is None:
-                # Every '!' channel of a process shares one list; the suffix in
-                # the id lets the scripts hold each one to its own capacity.
-                suffix = channel[channel.index("!") + 1 :]
-                message_id = f"{message_id}!{suffix}"
-        # A job's fields were checked by the producer that built the record.
-        payload = codec.encode_message(message, checked=record is not None)
-        expires = "0" if job_id else codec.number(now + self.expiry)
-        meta: list[Any] = [
-            codec.number(now),
-            codec.number(now + delay) if delay > 0 else "0",
-            expires,
-            self.get_capacity(channel),
-            suffix,
-        ]
-        if record is not None:
-            meta.append(codec.record_pairs(record))
-        args = [message_id, payload, codec.encode_value(meta)]
-        return ("EVALSHA", self._scripts["enqueue"], [self._base(channel)[1]], args)
-
-    def _enqueue_calls(
-        self, channel: str, message: dict[str, Any], record: JobRecord, delay: float
-    ) -> list[Call]:
-        # The locator lives in its own slot, so it cannot be written by the
-        # script (Redis Cluster refuses cross-slot scripts); written first, a
-        # crash between the two leaves at worst a locator without a record.
-        locator = ("SET", keys.locator_key(self.prefix, record.id), self.non_local_name(channel))
-        return [locator, self._store_call(channel, message, clock.now(), record, max(0.0, delay))]
-
-    def _settle_call(self, delivery: Delivery, op: str, *extra: Any) -> Call:
-        args = [op, delivery.id, delivery.token, codec.number(clock.now()), *extra]
-        return ("EVALSHA", self._scripts["settle"], [self._base(delivery.channel)[1]], args)
-
-    def _final_calls(self, delivery: Delivery, op: str, ttl: float, *extra: Any) -> list[Call]:
-        """Settle calls that end a job: its locator then expires with its record.
-
-        (Pipelined, not in the script: the locator is in another slot. After a
-        stale settle the PEXPIRE is harmless: the settle that ends the job
-        sets it again.)
-        """
-        calls = [self._settle_call(delivery, op, _ms(ttl), *extra)]
-        if delivery.job_id is not None:
-            calls.append(("PEXPIRE", keys.locator_key(self.prefix, delivery.job_id), _ms(ttl)))
-        return calls
 
     # --- Channels layer spec ------------------------------------------------
 
@@ -287,19 +159,6 @@ class RedisChannelLayer(QueueLayer):
         for box in state.local.values():
             box.queues.clear()
         self._job_channels.clear()
-
-    async def close(self) -> None:
-        """Stop local readers and close this loop's connections (and the sync ones)."""
-        loop = asyncio.get_running_loop()
-        state = self._loops.pop(loop, None)
-        if state is not None:
-            await waits.close_state(state)
-        with self._sync_lock:
-            pipes, self._sync_pipes = self._sync_pipes, None
-        for pipe in pipes or ():
-            pipe.close()
-
-    close_pools = close  # the channels_redis name
 
     async def _read_local(self, state: waits.LoopState, key: str, box: waits.LocalBox) -> None:
         """Take messages for this process's ``!`` channels and hand them out."""
@@ -493,32 +352,6 @@ class RedisChannelLayer(QueueLayer):
 
     # --- records ------------------------------------------------------------------
 
-    async def _locate(self, job_id: str) -> str | None:
-        """The (non-local) channel of ``job_id``, from memory or the locator keys."""
-        cached = self._job_channels.get(job_id)
-        if cached is not None:
-            return cached
-        state = self._state()
-        key = keys.locator_key(self.prefix, job_id)
-        with transport_errors("get_record"):
-            found = await asyncio.gather(*(pipe.call([("GET", key)]) for pipe in state.pipes))
-        for (channel,) in found:
-            if channel is not None:
-                return codec.text(channel)
-        return None
-
-    def _locate_sync(self, job_id: str) -> str | None:
-        cached = self._job_channels.get(job_id)
-        if cached is not None:
-            return cached
-        key = keys.locator_key(self.prefix, job_id)
-        with transport_errors("get_record"):
-            for index in range(len(self.hosts)):
-                (channel,) = self._sync(index).call([("GET", key)])
-                if channel is not None:
-                    return codec.text(channel)
-        return None
-
     async def set_progress(self, job_id: str, progress: float, message: str | None) -> None:
         """Store a running job's progress (ignored when it has no record)."""
         channel = await self._locate(job_id)
@@ -539,7 +372,7 @@ class RedisChannelLayer(QueueLayer):
         call = ("HGETALL", keys.record_key(self.prefix, channel, job_id))
         with transport_errors("get_record"):
             (raw,) = await self._pipe(self._host(channel)).call([call])
-        return codec.decode_record(_pairs(raw))
+        return codec.decode_record(codec.pairs(raw))
 
     def get_record_sync(self, job_id: str) -> JobRecord | None:
         """:meth:`get_record` from sync code."""
@@ -549,7 +382,7 @@ class RedisChannelLayer(QueueLayer):
         call = ("HGETALL", keys.record_key(self.prefix, channel, job_id))
         with transport_errors("get_record"):
             (raw,) = self._sync(self._host(channel)).call([call])
-        return codec.decode_record(_pairs(raw))
+        return codec.decode_record(codec.pairs(raw))
 
     async def wait_record(self, job_id: str, timeout: float | None) -> JobRecord | None:
         """The record once the job ended (woken by its end, no polling), or at ``timeout``."""
@@ -570,22 +403,6 @@ class RedisChannelLayer(QueueLayer):
         record, done = self._watch_keys(channel, job_id)
         with transport_errors("wait_record"):
             return waits.wait_record_sync(pipe, self._scripts["watch"], record, done, timeout)
-
-    def _watch_keys(self, channel: str, job_id: str) -> tuple[str, str]:
-        return (
-            keys.record_key(self.prefix, channel, job_id),
-            keys.done_key(self.prefix, channel, job_id),
-        )
-
-    def _cancel_calls(self, channel: str, job_id: str) -> tuple[Call, Call]:
-        """The cancel script, and the locator's expiry to run once it cancelled."""
-        ttl = _ms(get_settings().result_ttl)
-        args = [job_id, codec.number(clock.now()), ttl]
-        base = keys.channel_base(self.prefix, channel)
-        return (
-            ("EVALSHA", self._scripts["cancel"], [base], args),
-            ("PEXPIRE", keys.locator_key(self.prefix, job_id), ttl),
-        )
 
     async def cancel(self, job_id: str) -> bool:
         """Remove a job still waiting (not leased); record cancelled."""
@@ -661,15 +478,3 @@ class RedisChannelLayer(QueueLayer):
         with transport_errors("pending"):
             (count,) = await self._pipe(index).call([("HLEN", f"{base}:msg")])
         return int(count)
-
-
-# --- helpers -----------------------------------------------------------------------
-
-
-def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000))
-
-
-def _pairs(raw: list[Any]) -> dict[Any, Any]:
-    """HGETALL's flat reply as a dict."""
-    return dict(zip(raw[::2], raw[1::2], strict=True))

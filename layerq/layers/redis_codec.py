@@ -77,6 +77,16 @@ def number(value: float) -> str:
     return repr(float(value))
 
 
+def milliseconds(seconds: float) -> int:
+    """A TTL in whole milliseconds, at least 1 (0 would mean no TTL at all)."""
+    return max(1, int(seconds * 1000))
+
+
+def pairs(raw: list[Any]) -> dict[Any, Any]:
+    """HGETALL's flat reply as a dict."""
+    return dict(zip(raw[::2], raw[1::2], strict=True))
+
+
 def record_pairs(record: JobRecord) -> list[str | bytes]:
     """The field/value pairs for HSET, as Redis stores them; None fields are left out."""
     pairs: list[str | bytes] = []

@@ -27,7 +27,7 @@ from redis.exceptions import NoScriptError
 
 from .. import clock
 from ..jobs import JobRecord
-from .redis_codec import LOCAL_CHANNEL_KEY, decode_message, decode_record, number
+from .redis_codec import LOCAL_CHANNEL_KEY, decode_message, decode_record, number, pairs
 from .redis_conn import BLOCK_MAX, AsyncPipe, BlockingPool, Call, SyncPipe, Target, check
 from .redis_keys import Script
 
@@ -230,7 +230,7 @@ def wait_record_sync(
 
 
 def _record(raw: list[Any]) -> JobRecord | None:
-    return decode_record(dict(zip(raw[::2], raw[1::2], strict=True)))
+    return decode_record(pairs(raw))
 
 
 def _pushed(raw: bytes | None) -> JobRecord | None:
