@@ -35,7 +35,10 @@ SYSTEMS = [
         "floor",
         "redis-py LPUSH/BRPOP (floor)",
         "floor",
-        note="bare redis-py loop, JSON bodies, a reply list per job; no ack, retries or records",
+        note=(
+            "bare redis-py loop (hiredis parser, as layerq has), JSON bodies, a reply list"
+            " per job; no ack, retries or records"
+        ),
     ),
     System(
         "layerq-sqlite",

@@ -20,7 +20,7 @@ from bench.systems.common import (
     payload,
 )
 
-PACKAGES = ["arq", "redis"]
+PACKAGES = ["arq", "redis", "hiredis"]
 _config = Config.from_env()
 #: arq's default poll is 0.5 s for both the worker and job.result()
 POLL = 0.01 if _config.variant == "fastpoll" else 0.5

@@ -18,7 +18,7 @@ from bench.systems.common import (
     timed,
 )
 
-PACKAGES = ["celery", "kombu", "redis"]
+PACKAGES = ["celery", "kombu", "redis", "hiredis"]
 _config = Config.from_env()
 app = Celery("bench", broker=_config.redis_url, backend=_config.redis_url)
 app.conf.task_default_queue = common.QUEUE

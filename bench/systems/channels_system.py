@@ -26,7 +26,7 @@ from bench.systems.common import (
     timed,
 )
 
-PACKAGES = ["channels", "channels_redis", "Django", "redis"]
+PACKAGES = ["channels", "channels_redis", "Django", "redis", "hiredis"]
 _config = Config.from_env()
 settings.configure(
     INSTALLED_APPS=["channels"],

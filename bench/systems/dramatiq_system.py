@@ -14,7 +14,7 @@ from bench.recorder import mark
 from bench.systems import common
 from bench.systems.common import DRAIN, LATENCY, RESULT_TIMEOUT, Config, payload, sequential, timed
 
-PACKAGES = ["dramatiq", "redis"]
+PACKAGES = ["dramatiq", "redis", "hiredis"]
 _config = Config.from_env()
 broker = RedisBroker(url=_config.redis_url)
 broker.add_middleware(Results(backend=RedisBackend(url=_config.redis_url)))

@@ -24,7 +24,7 @@ from bench.systems.common import (
     timed,
 )
 
-PACKAGES = ["redis"]
+PACKAGES = ["redis", "hiredis"]
 #: BRPOP timeout: how often an idle worker looks at its stop flag
 POP_TIMEOUT = 1
 

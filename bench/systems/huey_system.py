@@ -10,7 +10,7 @@ from bench.recorder import mark
 from bench.systems import common
 from bench.systems.common import DRAIN, LATENCY, RESULT_TIMEOUT, Config, payload, sequential, timed
 
-PACKAGES = ["huey", "redis"]
+PACKAGES = ["huey", "redis", "hiredis"]
 _config = Config.from_env()
 # notify_result: result waits BLPOP instead of polling from 50 ms (Huey's documented option).
 huey = RedisHuey(common.QUEUE, url=_config.redis_url, notify_result=True)

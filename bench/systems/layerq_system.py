@@ -30,7 +30,7 @@ from bench.systems.common import (
     timed,
 )
 
-PACKAGES = ["layerq", "Django", "channels", "msgspec", "structlog", "redis"]
+PACKAGES = ["layerq", "Django", "channels", "msgspec", "structlog", "redis", "hiredis"]
 #: the group an in-process producer joins to hear outcomes in basic mode
 RESULTS_GROUP = "bench.results"
 

@@ -11,7 +11,7 @@ from bench.recorder import mark
 from bench.systems import common
 from bench.systems.common import DRAIN, LATENCY, RESULT_TIMEOUT, Config, payload, sequential, timed
 
-PACKAGES = ["rq", "redis"]
+PACKAGES = ["rq", "redis", "hiredis"]
 
 
 def noop(phase: str, i: int, n: int) -> float:

@@ -67,3 +67,21 @@ def test_importing_layerq_opens_no_connection() -> None:
         env={"PATH": "", "PYTHONPATH": str(README.parent)},
     )
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_the_readme_redis_configuration_is_valid() -> None:
+    """The README's RedisChannelLayer CONFIG example builds a layer (no connection made)."""
+    from layerq.layers import RedisChannelLayer
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+    (example,) = [block for block in blocks if "rediss://" in block]
+    namespace: dict[str, object] = {}
+    exec(example, namespace)
+    config = namespace["CHANNEL_LAYERS"]["default"]  # type: ignore[index]
+    layer = RedisChannelLayer(**config["CONFIG"])
+    assert [host.name for host in layer.hosts] == [
+        "rediss://:password@redis-a:6380/0",
+        "redis://redis-b:6379/0",
+    ]
+    assert layer.get_capacity("images") == 10_000
+    assert layer.get_capacity("http.request.body") == 200
