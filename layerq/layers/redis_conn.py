@@ -10,7 +10,9 @@ hiredis) on connections of its own and matches replies to callers in order:
   (pipelining), and a cancelled caller does not break the connection: its
   replies are read and dropped;
 - a connection error is retried on a fresh connection with jittered backoff,
-  bounded (:data:`RETRIES`), then raised as redis-py's ``ConnectionError``.
+  bounded (:data:`RETRIES`), then raised as redis-py's ``ConnectionError``
+  (at once for a server certificate that fails verification: retrying cannot
+  help).
 
 Blocking commands (BLPOP, BLMOVE) get connections of their own
 (:class:`BlockingPool`): they would hold up every call queued behind them.
@@ -348,7 +350,7 @@ class AsyncPipe:
                     self._protocol = None
                     protocol.close()
                 failures += 1
-                if failures > RETRIES:
+                if failures > RETRIES or isinstance(exc, ssl.SSLCertVerificationError):
                     if isinstance(exc, RedisConnectionError):
                         raise
                     raise RedisConnectionError(f"Redis unreachable: {exc!r}") from exc
@@ -538,7 +540,7 @@ class SyncPipe:
                 if connection is not None:
                     connection.close()
                 failures += 1
-                if failures > RETRIES:
+                if failures > RETRIES or isinstance(exc, ssl.SSLCertVerificationError):
                     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
                         raise
                     raise RedisConnectionError(f"Redis unreachable: {exc!r}") from exc

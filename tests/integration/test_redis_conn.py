@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,11 +12,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from layerq.errors import ConfigurationError
+from layerq.errors import ConfigurationError, TransportError
 from layerq.layers.redis import RedisChannelLayer
 from layerq.layers.redis_conn import AsyncPipe, SyncPipe, Target
 from layerq.layers.redis_keys import Host, parse_hosts
-from layerq.testing import RedisServer
+from layerq.testing import RedisServer, free_port
 from tests.integration.test_redis import job
 
 pytestmark = pytest.mark.timeout(30)
@@ -167,3 +169,58 @@ def test_sync_pipe_survives_a_server_restart(tmp_path: Path) -> None:
             assert pipe.call([("GET", "k")]) == [None]  # a fresh, empty server
         finally:
             pipe.close()
+
+
+def _certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for localhost, made by the openssl CLI."""
+    ca_key, ca_cert = directory / "ca.key", directory / "ca.crt"
+    key, request, cert = directory / "s.key", directory / "s.csr", directory / "s.crt"
+    extensions = directory / "ext.cnf"
+    extensions.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    commands = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+         "-keyout", ca_key, "-out", ca_cert],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+         "-keyout", key, "-out", request],
+        ["x509", "-req", "-in", request, "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial",
+         "-days", "2", "-extfile", extensions, "-out", cert],
+    ]  # fmt: skip
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl not found: install it with `apt-get install -y openssl`")
+    for command in commands:
+        subprocess.run([openssl, *map(str, command)], check=True, capture_output=True, timeout=60)
+    return ca_cert, cert, key
+
+
+async def test_tls_with_the_servers_ca_verifies_and_works(tmp_path: Path) -> None:
+    """rediss:// with ssl_ca_certs: the certificate is checked, then the layer works as usual."""
+    ca_cert, cert, key = _certificates(tmp_path)
+    tls_port = free_port()
+    args = (
+        "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        "--tls-ca-cert-file", str(ca_cert), "--tls-auth-clients", "no",
+    )  # fmt: skip
+    with RedisServer(extra_args=args):
+        url = f"rediss://localhost:{tls_port}/0"
+        layer = RedisChannelLayer(hosts=[url], connection_kwargs={"ssl_ca_certs": str(ca_cert)})
+        try:
+            await layer.send("c", {"type": "t", "over": "tls"})
+            assert await asyncio.wait_for(layer.receive("c"), 5) == {"type": "t", "over": "tls"}
+            message, record = job("jobs")
+            layer.enqueue_sync("jobs", message, record)
+            found = layer.get_record_sync(record.id)
+            assert found is not None
+            assert found.id == record.id
+        finally:
+            await layer.flush()
+            await layer.close()
+        # Without the CA the server's certificate is refused: no silent downgrade.
+        untrusting = RedisChannelLayer(hosts=[url])
+        try:
+            with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
+                await untrusting.send("c", {"type": "t"})
+            with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
+                untrusting.get_record_sync("nope")
+        finally:
+            await untrusting.close()
