@@ -158,6 +158,9 @@ class Worker:
                 break
             for delivery in deliveries:
                 self._start(delivery)
+            if deliveries:
+                # Let the jobs begin before the next claim is prepared and sent.
+                await asyncio.sleep(0)
             if not deliveries and self.burst:
                 if not self._running:
                     if time.monotonic() < self._retry_due:
