@@ -237,13 +237,19 @@ class _Protocol(asyncio.Protocol):
             raise RedisConnectionError("connection closed")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        # Calls of one loop turn share a write (one syscall, and Redis answers
-        # them in one packet); a lone caller waits one loop turn for it.
-        if not self.outbox:
-            if not self.pending:
-                self.last_read = time.monotonic()
-            loop.call_soon(self._flush)
-        self.outbox.append(data)
+        if not self.pending and not self.outbox:
+            # A lone caller (nothing in flight, nothing queued) is written at
+            # once: a producer sending job after job pays no extra loop turn.
+            self.last_read = time.monotonic()
+            self.transport.write(data)
+        else:
+            # Under load, calls of one loop turn share a write (one syscall,
+            # and Redis answers them in one packet).
+            if not self.outbox:
+                if not self.pending:
+                    self.last_read = time.monotonic()
+                loop.call_soon(self._flush)
+            self.outbox.append(data)
         self.pending.append(_Pending(future, count))
         if self.watchdog is None:
             self.watchdog = loop.call_later(READ_TIMEOUT, self._check)
