@@ -6,8 +6,9 @@ The job id is made here, before anything is stored, so a caller can keep it
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -136,11 +137,8 @@ def _deliver_sync(prepared: _Prepared) -> None:
     if is_queue_layer(layer):
         layer.enqueue_sync(prepared.channel, prepared.message, prepared.record, prepared.delay)
     else:
-        _basic_checks(layer, prepared)
-        try:
+        with _basic_send(layer, prepared):
             async_to_sync(layer.send)(prepared.channel, prepared.message)
-        except ChannelFull as exc:
-            raise QueueFull(f"channel {prepared.channel!r} is at capacity") from exc
     _queued(prepared)
 
 
@@ -149,17 +147,20 @@ async def _deliver(prepared: _Prepared) -> None:
     if is_queue_layer(layer):
         await layer.enqueue(prepared.channel, prepared.message, prepared.record, prepared.delay)
     else:
-        _basic_checks(layer, prepared)
-        try:
+        with _basic_send(layer, prepared):
             await layer.send(prepared.channel, prepared.message)
-        except ChannelFull as exc:
-            raise QueueFull(f"channel {prepared.channel!r} is at capacity") from exc
     _queued(prepared)
 
 
-def _basic_checks(layer: object, prepared: _Prepared) -> None:
+@contextlib.contextmanager
+def _basic_send(layer: object, prepared: _Prepared) -> Iterator[None]:
+    """Around a plain Channels send: refuse what basic mode cannot do; full is QueueFull."""
     if prepared.delay:
         raise Unsupported(f"delay needs a layerq channel layer; {type(layer).__name__} has none")
+    try:
+        yield
+    except ChannelFull as exc:
+        raise QueueFull(f"channel {prepared.channel!r} is at capacity") from exc
 
 
 def _queued(prepared: _Prepared) -> None:

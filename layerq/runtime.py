@@ -263,14 +263,14 @@ class Worker:
             result = await self._call(handler, argument, timeout)
             check_plain(result, "result")
         except Retry as request:
-            await self._retry(delivery, job, request.delay, "Retry", request.reason, began)
+            await self._failed(delivery, job, "Retry", request.reason, began, delay=request.delay)
         except TimeoutError as exc:
             message = f"ran longer than its timeout of {timeout}s" if not str(exc) else str(exc)
-            await self._fail(delivery, job, "TimeoutError", message, began)
+            await self._failed(delivery, job, "TimeoutError", message, began)
         except InvalidEvent as exc:
-            await self._fail(delivery, job, "InvalidResult", str(exc), began)
+            await self._failed(delivery, job, "InvalidResult", str(exc), began)
         except Exception as exc:
-            await self._fail(delivery, job, type(exc).__name__, str(exc), began, exc)
+            await self._failed(delivery, job, type(exc).__name__, str(exc), began, exc=exc)
         else:
             duration = round(time.monotonic() - began, 6)
             if self._early_release:
@@ -327,6 +327,23 @@ class Worker:
 
     # --- outcomes ---------------------------------------------------------------
 
+    async def _failed(
+        self,
+        delivery: Delivery,
+        job: JobContext,
+        error_type: str,
+        message: str,
+        began: float,
+        *,
+        delay: float | None = None,
+        exc: BaseException | None = None,
+    ) -> None:
+        """Retry while attempts remain (reliable sources only), else dead-letter."""
+        if self.source.reliable and delivery.attempt < job.max_attempts:
+            await self._retry(delivery, job, delay, error_type, message, began)
+        else:
+            await self._bury(delivery, job, error_type, message, began, exc)
+
     async def _retry(
         self,
         delivery: Delivery,
@@ -336,9 +353,6 @@ class Worker:
         message: str,
         began: float,
     ) -> None:
-        if not self.source.reliable or delivery.attempt >= job.max_attempts:
-            await self._fail(delivery, job, error_type, message, began)
-            return
         delay = backoff(delivery.attempt, self.settings) if delay is None else delay
         if await self.source.retry(delivery, delay, error_type, message):
             self._settled(delivery)
@@ -355,18 +369,15 @@ class Worker:
                 job, "retrying", status="retrying", error={"type": error_type, "message": message}
             )
 
-    async def _fail(
+    async def _bury(
         self,
         delivery: Delivery,
         job: JobContext,
         error_type: str,
         message: str,
         began: float,
-        exc: BaseException | None = None,
+        exc: BaseException | None,
     ) -> None:
-        if self.source.reliable and delivery.attempt < job.max_attempts and error_type != "Retry":
-            await self._retry(delivery, job, None, error_type, message, began)
-            return
         duration = round(time.monotonic() - began, 6)
         reason = f"failed after {delivery.attempt} attempt(s): {error_type}: {message}"
         if await self.source.dead_letter(
