@@ -111,8 +111,12 @@ first = redis.call('ZRANGE', lease, 0, 0, 'WITHSCORES')
 if #first > 0 and (next_due == '' or tonumber(first[2]) < tonumber(next_due)) then
   next_due = first[2]
 end
+local wake = base .. ':wake'
 if redis.call('LLEN', ready) == 0 then
   -- Nothing is ready: tokens left now would only cause empty wake-ups.
-  redis.call('DEL', base .. ':wake')
+  redis.call('DEL', wake)
+elseif redis.call('LLEN', wake) == 0 then
+  -- Messages remain and no token says so: wake the next blocked receiver.
+  redis.call('RPUSH', wake, '1')
 end
 return {next_due, out}

@@ -78,10 +78,12 @@ if meta[6] then
   redis.call('DEL', record)
   redis.call('HSET', record, unpack(meta[6]))
 end
--- One token per message wakes one blocked receiver; the cap bounds the
--- spurious wake-ups left behind when nobody was waiting.
+-- One token per message wakes one blocked receiver, up to 64 waiting tokens
+-- (past that, a take that leaves messages behind passes a token on: see
+-- redis_claim.lua). Checking the length first spares an LTRIM per send while
+-- nobody consumes.
 local wake = base .. ':wake'
-if redis.call('RPUSH', wake, '1') > 256 then
-  redis.call('LTRIM', wake, -256, -1)
+if redis.call('LLEN', wake) < 64 then
+  redis.call('RPUSH', wake, '1')
 end
 return 1

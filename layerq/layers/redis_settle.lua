@@ -37,10 +37,10 @@ end
 
 local record = base .. ':job:' .. id
 local has_record = redis.call('EXISTS', record) == 1
-local function wake()
+local function wake()  -- as in redis_enqueue.lua
   local key = base .. ':wake'
-  if redis.call('RPUSH', key, '1') > 256 then
-    redis.call('LTRIM', key, -256, -1)
+  if redis.call('LLEN', key) < 64 then
+    redis.call('RPUSH', key, '1')
   end
 end
 

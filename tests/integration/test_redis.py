@@ -352,3 +352,23 @@ async def test_a_worker_never_holds_more_leases_than_its_concurrency(
         stop.set()
         sampler.join()
     assert 1 <= most <= 4
+
+
+async def test_wake_tokens_are_capped_and_passed_on(
+    redis_layer: RedisChannelLayer, redis_server: RedisServer
+) -> None:
+    """Idle sends leave at most 64 tokens; a take that leaves messages passes one on."""
+    client = redis.Redis(port=redis_server.port)
+    wake = f"{{{redis_layer.prefix}:w}}:wake"
+    try:
+        for index in range(100):
+            await redis_layer.send("w", {"type": "t", "i": index})
+        assert client.llen(wake) == 64
+        client.delete(wake)  # as if 64 blocked receivers had each taken one
+        assert (await receive(redis_layer, "w"))["i"] == 0
+        assert client.llen(wake) == 1  # 99 still ready: the next receiver is woken
+        for index in range(1, 100):
+            assert (await receive(redis_layer, "w"))["i"] == index
+        assert client.llen(wake) == 0  # nothing ready, no stale wake-ups
+    finally:
+        client.close()
