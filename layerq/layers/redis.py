@@ -229,18 +229,15 @@ class RedisChannelLayer(RedisBase):
         block = 0.0  # one channel: the next take first blocks this long, same pipeline
         while True:
             try:
-                deliveries, next_due = await self._claim_once(state, names, limit, lease, block)
+                blocked, block = block, 0.0
+                deliveries, next_due = await self._claim_once(state, names, limit, lease, blocked)
                 failures = 0
-                if deliveries:
+                if deliveries or (loop.time() >= end and not blocked):
                     return deliveries
                 if loop.time() >= end:
-                    if block == 0:
-                        return deliveries
                     # A take after a block saw the clock of before it: one
                     # last look, with a fresh clock, at what fell due meanwhile.
-                    block = 0.0
                     continue
-                block = 0.0
                 timeout = waits.block_for(next_due, min(BLOCK_MAX, end - loop.time()))
                 if len(names) == 1:
                     block = max(0.001, timeout)

@@ -152,11 +152,10 @@ class RedisBase(QueueLayer):
         stale settle the PEXPIRE is harmless: the settle that ends the job
         sets it again.)
         """
-        calls = [self._settle_call(delivery, op, codec.milliseconds(ttl), *extra)]
+        ttl_ms = codec.milliseconds(ttl)
+        calls = [self._settle_call(delivery, op, ttl_ms, *extra)]
         if delivery.job_id is not None:
-            calls.append(
-                ("PEXPIRE", keys.locator_key(self.prefix, delivery.job_id), codec.milliseconds(ttl))
-            )
+            calls.append(("PEXPIRE", keys.locator_key(self.prefix, delivery.job_id), ttl_ms))
         return calls
 
     # --- connections and records ----------------------------------------------

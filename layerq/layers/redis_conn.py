@@ -45,7 +45,7 @@ from typing import Any
 
 import hiredis
 from redis.connection import parse_url
-from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
+from redis.exceptions import BusyLoadingError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -108,27 +108,43 @@ def pack(calls: Sequence[Call]) -> bytes:
     return b"".join(out)
 
 
+def _error(reply: hiredis.ReplyError) -> RedisError:
+    """redis-py's class for a Redis error reply, as callers expect."""
+    message = str(reply)
+    if message.startswith("LOADING"):
+        # A restarted Redis reading its data: a fault to wait out, as redis-py
+        # does (BusyLoadingError is a ConnectionError).
+        return BusyLoadingError(message)
+    if message.startswith("NOSCRIPT"):
+        return NoScriptError(message)
+    return ResponseError(message)
+
+
 def check(replies: list[Any]) -> list[Any]:
-    """``replies`` with Redis errors raised (redis-py's classes, as callers expect)."""
+    """``replies`` with Redis errors raised."""
     for reply in replies:
         if isinstance(reply, hiredis.ReplyError):
-            message = str(reply)
-            if message.startswith("LOADING"):
-                # A restarted Redis reading its data: a fault to wait out, as
-                # redis-py does (BusyLoadingError is a ConnectionError).
-                raise BusyLoadingError(message)
-            if message.startswith("NOSCRIPT"):
-                raise NoScriptError(message)
-            raise ResponseError(message)
+            raise _error(reply)
     return replies
 
 
 def _unless_loading(replies: list[Any]) -> list[Any]:
     """``replies``; BusyLoadingError (retried like a lost connection) if Redis was loading."""
     for reply in replies:
-        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("LOADING"):
-            raise BusyLoadingError(str(reply))
+        if isinstance(reply, hiredis.ReplyError):
+            error = _error(reply)
+            if isinstance(error, BusyLoadingError):
+                raise error
     return replies
+
+
+def _give_up(exc: BaseException, failures: int) -> bool:
+    """After connection fault number ``failures``: stop retrying?
+
+    At the bound, and at once for a server certificate that fails verification
+    (retrying cannot help).
+    """
+    return failures > RETRIES or isinstance(exc, ssl.SSLCertVerificationError)
 
 
 def scripts_of(calls: Sequence[Call]) -> list[Script]:
@@ -169,8 +185,8 @@ class Target:
         """AUTH, SELECT and SCRIPT LOAD, as the connection's first commands."""
         calls: list[Call] = []
         if self.password is not None:
-            auth = ("AUTH", self.username, self.password) if self.username else None
-            calls.append(auth or ("AUTH", self.password))
+            user = (self.username,) if self.username else ()
+            calls.append(("AUTH", *user, self.password))
         if self.db:
             calls.append(("SELECT", self.db))
         calls += [("SCRIPT", "LOAD", script.source) for script in self.scripts]
@@ -237,17 +253,16 @@ class _Protocol(asyncio.Protocol):
             raise RedisConnectionError("connection closed")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        if not self.pending:
+            self.last_read = time.monotonic()  # the read watchdog counts from here
         if not self.pending and not self.outbox:
             # A lone caller (nothing in flight, nothing queued) is written at
             # once: a producer sending job after job pays no extra loop turn.
-            self.last_read = time.monotonic()
             self.transport.write(data)
         else:
             # Under load, calls of one loop turn share a write (one syscall,
             # and Redis answers them in one packet).
             if not self.outbox:
-                if not self.pending:
-                    self.last_read = time.monotonic()
                 loop.call_soon(self._flush)
             self.outbox.append(data)
         self.pending.append(_Pending(future, count))
@@ -351,12 +366,12 @@ class AsyncPipe:
                 if protocol is None or protocol.transport is None:
                     protocol = await self._connect()
                 return _unless_loading(await protocol.send(data, count))
-            except (TimeoutError, RedisConnectionError, OSError) as exc:
+            except (RedisConnectionError, OSError) as exc:  # OSError: timeouts, TLS too
                 if protocol is not None and protocol is self._protocol:
                     self._protocol = None
                     protocol.close()
                 failures += 1
-                if failures > RETRIES or isinstance(exc, ssl.SSLCertVerificationError):
+                if _give_up(exc, failures):
                     if isinstance(exc, RedisConnectionError):
                         raise
                     raise RedisConnectionError(f"Redis unreachable: {exc!r}") from exc
@@ -447,6 +462,11 @@ class BlockingPool:
             yield pipe
         finally:
             self.release(pipe)
+
+    async def call(self, calls: Sequence[Call]) -> list[Any]:
+        """:meth:`AsyncPipe.call` on a pipe of the pool, for calls that block."""
+        async with self.pipe() as pipe:
+            return await pipe.call(calls)
 
     async def close(self) -> None:
         pipes = [*self._free, *self._busy]
@@ -546,8 +566,8 @@ class SyncPipe:
                 if connection is not None:
                     connection.close()
                 failures += 1
-                if failures > RETRIES or isinstance(exc, ssl.SSLCertVerificationError):
-                    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                if _give_up(exc, failures):
+                    if isinstance(exc, RedisConnectionError):
                         raise
                     raise RedisConnectionError(f"Redis unreachable: {exc!r}") from exc
                 time.sleep(backoff(failures))

@@ -135,14 +135,9 @@ def _submit(
     future = blocking.submit(calls)
     if future is None:
         pool.release(blocking)
-        return asyncio.ensure_future(_blocking_take(pool, calls))
+        return asyncio.ensure_future(pool.call(calls))
     future.add_done_callback(lambda _: pool.release(blocking))
     return future
-
-
-async def _blocking_take(pool: BlockingPool, calls: list[Call]) -> list[Any]:
-    async with pool.pipe() as pipe:
-        return await pipe.call(calls)
 
 
 async def block(
@@ -155,9 +150,12 @@ async def block(
         by_host.setdefault(index, []).append(f"{base}:wake")
     if len(by_host) == 1:
         ((index, keys),) = by_host.items()
-        await _blpop(pools[index], keys, timeout)
+        await pools[index].call([("BLPOP", *keys, timeout)])
         return
-    waits = [asyncio.ensure_future(_blpop(pools[i], keys, timeout)) for i, keys in by_host.items()]
+    waits = [
+        asyncio.ensure_future(pools[i].call([("BLPOP", *keys, timeout)]))
+        for i, keys in by_host.items()
+    ]
     try:
         done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -166,11 +164,6 @@ async def block(
         await asyncio.gather(*waits, return_exceptions=True)
     for wait in done:
         wait.result()
-
-
-async def _blpop(pool: BlockingPool, keys: list[str], timeout: float) -> None:
-    async with pool.pipe() as pipe:
-        await pipe.call([("BLPOP", *keys, timeout)])
 
 
 async def wait_record(
