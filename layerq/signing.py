@@ -33,7 +33,7 @@ def sign(message: dict[str, Any]) -> str:
     envelope = message.get("layerq")
     if isinstance(envelope, dict) and "sig" in envelope:
         message = {**message, "layerq": {k: v for k, v in envelope.items() if k != "sig"}}
-    return hmac.new(signing_key(), _json.encode(message), hashlib.sha256).hexdigest()[:32]
+    return hmac.digest(signing_key(), _json.encode(message), "sha256")[:16].hex()
 
 
 def verify(message: dict[str, Any], signature: object) -> bool:

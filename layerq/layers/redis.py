@@ -29,6 +29,8 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from .. import clock
 from ..errors import QueueFull, TransportError
 from ..jobs import JobRecord
@@ -297,9 +299,29 @@ class RedisChannelLayer(RedisBase):
             )
         return [item for batch in results for item in batch]
 
-    async def _settle_one(self, delivery: Delivery, what: str, calls: list[Call]) -> bool:
+    async def _settle_one(
+        self, delivery: Delivery, what: str, group: list[Any], tail: Sequence[Call] = ()
+    ) -> bool:
+        """Settle one delivery; False when its lease was stale.
+
+        The settles of one loop turn on one channel share one script call
+        (a worker's acks of a batch); on a fault the call is made on its own,
+        with retries.
+        """
+        index, base = self._base(delivery.channel)
+        pipe, script = self._state().pipes[index], self._scripts["settle"]
+        future = pipe.merge(script, base, group, tail)
+        if future is not None:
+            try:
+                done = await future
+            except RedisConnectionError:
+                done = None
+            if isinstance(done, int):
+                return bool(done)
         with transport_errors(what):
-            (done, *_) = await self._pipe(self._base(delivery.channel)[0]).call(calls)
+            ((done,), *_) = await pipe.call(
+                [("EVALSHA", script, [base], [len(group), *group]), *tail]
+            )
         return bool(done)
 
     async def extend(self, deliveries: Sequence[Delivery], lease: float) -> None:
@@ -314,16 +336,16 @@ class RedisChannelLayer(RedisBase):
 
     async def ack(self, delivery: Delivery, result: Any, ttl: float) -> bool:
         """Remove the message; record succeeded with ``result`` for ``ttl`` s."""
-        calls = self._final_calls(delivery, "ack", ttl, codec.encode_value(result))
-        return await self._settle_one(delivery, "ack", calls)
+        group, tail = self._final(delivery, "ack", ttl, codec.encode_value(result))
+        return await self._settle_one(delivery, "ack", group, tail)
 
     async def retry(
         self, delivery: Delivery, delay: float, error_type: str, error_message: str
     ) -> bool:
         """Return the message, ready after ``delay``; record retrying with the error."""
         due = codec.number(clock.now() + max(0.0, delay))
-        call = self._settle_call(delivery, "retry", due, error_type, error_message)
-        return await self._settle_one(delivery, "retry", [call])
+        group = self._settle_group(delivery, "retry", due, error_type, error_message)
+        return await self._settle_one(delivery, "retry", group)
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Return messages unrun, first in line; the attempt is not counted."""
@@ -344,8 +366,8 @@ class RedisChannelLayer(RedisBase):
     ) -> bool:
         """Move the message to the dead letters; record failed, kept ``ttl`` s."""
         info = codec.encode_value([reason, clock.now(), delivery.job_id])
-        calls = self._final_calls(delivery, "dead", ttl, error_type, error_message, info)
-        return await self._settle_one(delivery, "dead_letter", calls)
+        group, tail = self._final(delivery, "dead", ttl, error_type, error_message, info)
+        return await self._settle_one(delivery, "dead_letter", group, tail)
 
     # --- records ------------------------------------------------------------------
 

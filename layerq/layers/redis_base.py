@@ -64,6 +64,8 @@ class RedisBase(QueueLayer):
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, waits.LoopState] = (
             weakref.WeakKeyDictionary()
         )
+        self._last_state: tuple[weakref.ref[asyncio.AbstractEventLoop], waits.LoopState] | None
+        self._last_state = None
         self._sync_pipes: list[SyncPipe] | None = None
         self._sync_lock = threading.Lock()
         self._job_channels: dict[str, str] = {}
@@ -72,10 +74,14 @@ class RedisBase(QueueLayer):
 
     def _state(self) -> waits.LoopState:
         loop = asyncio.get_running_loop()
+        last = self._last_state
+        if last is not None and last[0]() is loop:
+            return last[1]  # the common case, without a weak-dictionary lookup
         state = self._loops.get(loop)
         if state is None:
             state = self._loops[loop] = waits.LoopState(self._targets)
             waits.close_with_loop(loop, self._loops)
+        self._last_state = (weakref.ref(loop), state)
         return state
 
     def _pipe(self, index: int) -> AsyncPipe:
@@ -141,22 +147,29 @@ class RedisBase(QueueLayer):
         locator = ("SET", keys.locator_key(self.prefix, record.id), self.non_local_name(channel))
         return [locator, self._store_call(channel, message, clock.now(), record, max(0.0, delay))]
 
-    def _settle_call(self, delivery: Delivery, op: str, *extra: Any) -> Call:
-        args = [op, delivery.id, delivery.token, codec.number(clock.now()), *extra]
-        return ("EVALSHA", self._scripts["settle"], [self._base(delivery.channel)[1]], args)
+    def _settle_group(self, delivery: Delivery, op: str, *extra: Any) -> list[Any]:
+        """One argument group of the settle script (see redis_settle.lua)."""
+        return [op, delivery.id, delivery.token, codec.number(clock.now()), *extra]
 
-    def _final_calls(self, delivery: Delivery, op: str, ttl: float, *extra: Any) -> list[Call]:
-        """Settle calls that end a job: its locator then expires with its record.
+    def _settle_call(self, delivery: Delivery, op: str, *extra: Any) -> Call:
+        group = self._settle_group(delivery, op, *extra)
+        base = self._base(delivery.channel)[1]
+        return ("EVALSHA", self._scripts["settle"], [base], [len(group), *group])
+
+    def _final(
+        self, delivery: Delivery, op: str, ttl: float, *extra: Any
+    ) -> tuple[list[Any], list[Call]]:
+        """The settle group that ends a job, and its tail: the locator expires with the record.
 
         (Pipelined, not in the script: the locator is in another slot. After a
         stale settle the PEXPIRE is harmless: the settle that ends the job
         sets it again.)
         """
         ttl_ms = codec.milliseconds(ttl)
-        calls = [self._settle_call(delivery, op, ttl_ms, *extra)]
-        if delivery.job_id is not None:
-            calls.append(("PEXPIRE", keys.locator_key(self.prefix, delivery.job_id), ttl_ms))
-        return calls
+        group = self._settle_group(delivery, op, ttl_ms, *extra)
+        if delivery.job_id is None:
+            return group, []
+        return group, [("PEXPIRE", keys.locator_key(self.prefix, delivery.job_id), ttl_ms)]
 
     # --- connections and records ----------------------------------------------
 
@@ -164,6 +177,7 @@ class RedisBase(QueueLayer):
         """Stop local readers and close this loop's connections (and the sync ones)."""
         loop = asyncio.get_running_loop()
         state = self._loops.pop(loop, None)
+        self._last_state = None
         if state is not None:
             await waits.close_state(state)
         with self._sync_lock:

@@ -223,12 +223,66 @@ def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
 
 
 class _Pending:
-    __slots__ = ("future", "left", "replies")
+    """Replies awaited for one write: of a plain call, or of a merged script call."""
 
-    def __init__(self, future: asyncio.Future[list[Any]], count: int) -> None:
+    __slots__ = ("future", "left", "members", "replies")
+
+    def __init__(
+        self,
+        future: asyncio.Future[list[Any]] | None,
+        count: int,
+        members: list[asyncio.Future[Any]] | None = None,
+    ) -> None:
         self.future = future
         self.left = count
         self.replies: list[Any] = []
+        self.members = members
+
+    def resolve(self) -> None:
+        if self.members is None:
+            assert self.future is not None
+            if not self.future.done():  # its caller may have given up
+                self.future.set_result(self.replies)
+            return
+        # A merged call: each member gets its own item of the script's reply
+        # (or the error reply they share).
+        reply = self.replies[0]
+        items = reply if isinstance(reply, list) else [reply] * len(self.members)
+        for member, item in zip(self.members, items, strict=True):
+            if not member.done():
+                member.set_result(item)
+
+    def fail(self, error: Exception) -> None:
+        for future in self.members if self.members is not None else (self.future,):
+            if future is not None and not future.done():
+                future.set_exception(error)
+
+
+class _Merged:
+    """Calls of one script on one key made in one loop turn, sent as one call.
+
+    The script takes a run of argument groups, each its length then its
+    fields; after it go the members' own follow-up commands (their ``tail``).
+    """
+
+    __slots__ = ("args", "key", "pending", "script", "tail")
+
+    def __init__(self, script: Any, key: str, pending: _Pending) -> None:
+        self.script = script
+        self.key = key
+        self.args: list[Any] = []
+        self.tail: list[Call] = []
+        self.pending = pending
+
+    def add(self, group: Sequence[Any], tail: Sequence[Call], future: asyncio.Future[Any]) -> None:
+        self.args.append(len(group))
+        self.args += group
+        self.tail += tail
+        assert self.pending.members is not None
+        self.pending.members.append(future)
+
+    def pack(self) -> bytes:
+        return pack([("EVALSHA", self.script, [self.key], self.args), *self.tail])
 
 
 class _Protocol(asyncio.Protocol):
@@ -242,36 +296,72 @@ class _Protocol(asyncio.Protocol):
         self.last_read = time.monotonic()
         self.watchdog: asyncio.TimerHandle | None = None
         #: writes held until the end of this loop turn, then sent as one
-        self.outbox: list[bytes] = []
+        self.outbox: list[bytes | _Merged] = []
+        #: the merged calls in the outbox, by script and key
+        self.merging: dict[tuple[str, str], _Merged] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
     def send(self, data: bytes, count: int) -> asyncio.Future[list[Any]]:
-        if self.transport is None or self.transport.is_closing():
-            raise RedisConnectionError("connection closed")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        self._queue(loop, data, _Pending(future, count))
+        return future
+
+    def merge(
+        self, script: Any, key: str, group: Sequence[Any], tail: Sequence[Call]
+    ) -> asyncio.Future[Any]:
+        """Add ``group`` to this turn's call of ``script`` on ``key``.
+
+        The future of this group's item of the script's reply (a ReplyError
+        when the call failed); ``tail`` is sent after the call, unread.
+        """
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        merged = self.merging.get((script.sha, key))
+        if merged is not None:
+            merged.pending.left += len(tail)
+            merged.add(group, tail, future)
+            return future
+        merged = _Merged(script, key, _Pending(None, 1 + len(tail), []))
+        merged.add(group, tail, future)
+        if self._queue(loop, merged, merged.pending):
+            self.merging[(script.sha, key)] = merged  # later calls of this turn join it
+        return future
+
+    def _queue(
+        self, loop: asyncio.AbstractEventLoop, data: bytes | _Merged, pending: _Pending
+    ) -> bool:
+        """Write ``data`` now when nothing else waits, else at the end of the turn.
+
+        True when it waits in the outbox.
+        """
+        if self.transport is None or self.transport.is_closing():
+            raise RedisConnectionError("connection closed")
         if not self.pending:
             self.last_read = time.monotonic()  # the read watchdog counts from here
-        if not self.pending and not self.outbox:
+        held = bool(self.pending or self.outbox)
+        if not held:
             # A lone caller (nothing in flight, nothing queued) is written at
             # once: a producer sending job after job pays no extra loop turn.
-            self.transport.write(data)
+            self.transport.write(data if isinstance(data, bytes) else data.pack())
         else:
             # Under load, calls of one loop turn share a write (one syscall,
             # and Redis answers them in one packet).
             if not self.outbox:
                 loop.call_soon(self._flush)
             self.outbox.append(data)
-        self.pending.append(_Pending(future, count))
+        self.pending.append(pending)
         if self.watchdog is None:
             self.watchdog = loop.call_later(READ_TIMEOUT, self._check)
-        return future
+        return held
 
     def _flush(self) -> None:
-        data, self.outbox = b"".join(self.outbox), []
+        outbox, self.outbox = self.outbox, []
+        self.merging.clear()
+        data = b"".join(item if isinstance(item, bytes) else item.pack() for item in outbox)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
         # else connection_lost has failed (or will fail) every caller waiting on it
@@ -299,8 +389,7 @@ class _Protocol(asyncio.Protocol):
                 waiting.left -= 1
                 if waiting.left == 0:
                     self.pending.popleft()
-                    if not waiting.future.done():  # its caller may have given up
-                        waiting.future.set_result(waiting.replies)
+                    waiting.resolve()
         except (hiredis.ProtocolError, IndexError) as exc:
             if self.transport is not None:
                 self.transport.abort()
@@ -314,10 +403,10 @@ class _Protocol(asyncio.Protocol):
             self.closed.set_result(None)
 
     def _fail(self, error: Exception) -> None:
+        self.outbox.clear()
+        self.merging.clear()
         while self.pending:
-            waiting = self.pending.popleft()
-            if not waiting.future.done():
-                waiting.future.set_exception(error)
+            self.pending.popleft().fail(error)
 
     @property
     def idle(self) -> bool:
@@ -347,6 +436,19 @@ class AsyncPipe:
         if protocol is None or protocol.transport is None or protocol.transport.is_closing():
             return None
         return protocol.send(pack(calls), len(calls))
+
+    def merge(
+        self, script: Any, key: str, group: Sequence[Any], tail: Sequence[Call] = ()
+    ) -> asyncio.Future[Any] | None:
+        """Join this loop turn's one call of ``script`` on ``key`` (see _Merged).
+
+        The future of this group's reply item, errors as values; None when no
+        connection is open. No retry: on a fault, use :meth:`call`.
+        """
+        protocol = self._protocol
+        if protocol is None or protocol.transport is None or protocol.transport.is_closing():
+            return None
+        return protocol.merge(script, key, group, tail)
 
     async def call(self, calls: Sequence[Call]) -> list[Any]:
         """Run ``calls`` in one round trip; load scripts once if Redis lost them."""

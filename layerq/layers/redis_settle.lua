@@ -1,4 +1,7 @@
--- Settle one leased message: ack, retry, release, dead-letter or extend its lease.
+-- Settle leased messages: ack, retry, release, dead-letter or extend a lease.
+-- One call settles a run of messages of one channel (a worker's acks of one
+-- loop turn go as one call): ARGV is a run of groups, each its length then its
+-- fields, as below.
 -- Only the holder of the current lease may: a stale token changes nothing.
 --
 -- KEYS[1]  base "{prefix:channel}"; touches base..":lease", ":att", ":rel",
@@ -10,33 +13,23 @@
 --          length-prefixed field/value pairs)
 --          (The job's locator, in another slot, is given the record's TTL by a
 --          PEXPIRE the layer pipelines after ack and dead.)
--- ARGV[1]  op: ack | retry | release | dead | extend
--- ARGV[2]  message id
--- ARGV[3]  lease token (the delivery count handed out by claim)
--- ARGV[4]  now (epoch seconds)
--- ack:     ARGV[5] record ttl (ms), ARGV[6] result (msgpack)
--- retry:   ARGV[5] due (epoch seconds), ARGV[6] error type, ARGV[7] error message
+-- A group's fields (numbered from 1 after its length):
+-- 1  op: ack | retry | release | dead | extend
+-- 2  message id
+-- 3  lease token (the delivery count handed out by claim)
+-- 4  now (epoch seconds)
+-- ack:     5 record ttl (ms), 6 result (msgpack)
+-- retry:   5 due (epoch seconds), 6 error type, 7 error message
 -- release: nothing more
--- dead:    ARGV[5] record ttl (ms), ARGV[6] error type, ARGV[7] error message,
---          ARGV[8] dead-letter info (msgpack)
--- extend:  ARGV[5] new lease deadline
--- Returns 1 done, 0 stale token (the lease expired and the message moved on).
+-- dead:    5 record ttl (ms), 6 error type, 7 error message,
+--          8 dead-letter info (msgpack)
+-- extend:  5 new lease deadline
+-- Returns one item a group: 1 done, 0 stale token (the lease expired and the
+-- message moved on).
 local base = KEYS[1]
-local op = ARGV[1]
-local id = ARGV[2]
 local lease = base .. ':lease'
 local att = base .. ':att'
 
-if not redis.call('ZSCORE', lease, id) or redis.call('HGET', att, id) ~= ARGV[3] then
-  return 0
-end
-if op == 'extend' then
-  redis.call('ZADD', lease, 'XX', ARGV[5], id)
-  return 1
-end
-
-local record = base .. ':job:' .. id
-local has_record = redis.call('EXISTS', record) == 1
 local function wake()  -- as in redis_enqueue.lua
   local key = base .. ':wake'
   if redis.call('LLEN', key) < 64 then
@@ -57,7 +50,7 @@ end
 -- A waiter (redis_watch.lua) marked the record: leave it the final record
 -- (packed as above), which wakes every waiter (they rotate it,
 -- BLMOVE) and spares each a read; gone by itself after a few seconds.
-local function done()
+local function done(record, id)
   if redis.call('HDEL', record, 'watch') == 1 then
     local key = base .. ':done:' .. id
     redis.call('RPUSH', key, packed(record))
@@ -65,56 +58,78 @@ local function done()
   end
 end
 
-redis.call('ZREM', lease, id)
-redis.call('SREM', base .. ':recl', id)
+local function settle(A)
+  local op, id = A[1], A[2]
+  if not redis.call('ZSCORE', lease, id) or redis.call('HGET', att, id) ~= A[3] then
+    return 0
+  end
+  if op == 'extend' then
+    redis.call('ZADD', lease, 'XX', A[5], id)
+    return 1
+  end
 
-if op == 'ack' then
-  redis.call('HDEL', base .. ':msg', id)
-  redis.call('HDEL', att, id)
-  redis.call('HDEL', base .. ':rel', id)
-  if has_record then
-    redis.call('HSET', record, 'status', 'succeeded', 'finished_at', ARGV[4], 'result', ARGV[6],
-      'progress', '1.0', 'expires_at', ARGV[4] + ARGV[5] / 1000)
-    redis.call('HDEL', record, 'error_type', 'error_message')
-    redis.call('PEXPIRE', record, ARGV[5])
-    done()
-  end
-elseif op == 'retry' then
-  if tonumber(ARGV[5]) > tonumber(ARGV[4]) then
-    redis.call('ZADD', base .. ':delay', ARGV[5], id)
+  local record = base .. ':job:' .. id
+  local has_record = redis.call('EXISTS', record) == 1
+  redis.call('ZREM', lease, id)
+  redis.call('SREM', base .. ':recl', id)
+
+  if op == 'ack' then
+    redis.call('HDEL', base .. ':msg', id)
+    redis.call('HDEL', att, id)
+    redis.call('HDEL', base .. ':rel', id)
+    if has_record then
+      redis.call('HSET', record, 'status', 'succeeded', 'finished_at', A[4], 'result', A[6],
+        'progress', '1.0', 'expires_at', A[4] + A[5] / 1000)
+      redis.call('HDEL', record, 'error_type', 'error_message')
+      redis.call('PEXPIRE', record, A[5])
+      done(record, id)
+    end
+  elseif op == 'retry' then
+    if tonumber(A[5]) > tonumber(A[4]) then
+      redis.call('ZADD', base .. ':delay', A[5], id)
+    else
+      redis.call('RPUSH', base .. ':ready', id)
+    end
+    wake()
+    if has_record then
+      redis.call('HSET', record, 'status', 'retrying', 'error_type', A[6], 'error_message', A[7])
+    end
+  elseif op == 'release' then
+    -- Back to the head, and the delivery is not counted as an attempt.
+    local released = redis.call('HINCRBY', base .. ':rel', id, 1)
+    redis.call('LPUSH', base .. ':ready', id)
+    wake()
+    if has_record then
+      local attempt = tonumber(A[3]) - released
+      redis.call('HSET', record, 'status', 'queued', 'attempt', attempt)
+    end
+  elseif op == 'dead' then
+    local msg = base .. ':msg'
+    local payload = redis.call('HGET', msg, id)
+    if payload then
+      redis.call('HSET', base .. ':dead', id, payload)
+      redis.call('HSET', base .. ':deadinfo', id, A[8])
+      redis.call('ZADD', base .. ':deadq', A[4], id)
+    end
+    redis.call('HDEL', msg, id)
+    redis.call('HDEL', base .. ':rel', id)
+    if has_record then
+      redis.call('HSET', record, 'status', 'failed', 'finished_at', A[4],
+        'error_type', A[6], 'error_message', A[7], 'expires_at', A[4] + A[5] / 1000)
+      redis.call('PEXPIRE', record, A[5])
+      done(record, id)
+    end
   else
-    redis.call('RPUSH', base .. ':ready', id)
+    return redis.error_reply('unknown settle op ' .. op)
   end
-  wake()
-  if has_record then
-    redis.call('HSET', record, 'status', 'retrying', 'error_type', ARGV[6], 'error_message', ARGV[7])
-  end
-elseif op == 'release' then
-  -- Back to the head, and the delivery is not counted as an attempt.
-  local released = redis.call('HINCRBY', base .. ':rel', id, 1)
-  redis.call('LPUSH', base .. ':ready', id)
-  wake()
-  if has_record then
-    local attempt = tonumber(ARGV[3]) - released
-    redis.call('HSET', record, 'status', 'queued', 'attempt', attempt)
-  end
-elseif op == 'dead' then
-  local msg = base .. ':msg'
-  local payload = redis.call('HGET', msg, id)
-  if payload then
-    redis.call('HSET', base .. ':dead', id, payload)
-    redis.call('HSET', base .. ':deadinfo', id, ARGV[8])
-    redis.call('ZADD', base .. ':deadq', ARGV[4], id)
-  end
-  redis.call('HDEL', msg, id)
-  redis.call('HDEL', base .. ':rel', id)
-  if has_record then
-    redis.call('HSET', record, 'status', 'failed', 'finished_at', ARGV[4],
-      'error_type', ARGV[6], 'error_message', ARGV[7], 'expires_at', ARGV[4] + ARGV[5] / 1000)
-    redis.call('PEXPIRE', record, ARGV[5])
-    done()
-  end
-else
-  return redis.error_reply('unknown settle op ' .. op)
+  return 1
 end
-return 1
+
+local results = {}
+local i = 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  results[#results + 1] = settle({unpack(ARGV, i + 1, i + n)})
+  i = i + n + 1
+end
+return results
