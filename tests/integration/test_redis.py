@@ -372,3 +372,45 @@ async def test_wake_tokens_are_capped_and_passed_on(
         assert client.llen(wake) == 0  # nothing ready, no stale wake-ups
     finally:
         client.close()
+
+
+def script_calls(server: RedisServer) -> int:
+    """EVALSHA calls the server has run so far (INFO commandstats)."""
+    client = redis.Redis.from_url(server.url)
+    try:
+        return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    finally:
+        client.close()
+
+
+async def test_settles_of_one_loop_turn_share_one_script_call(
+    redis_layer: RedisChannelLayer, redis_server: RedisServer
+) -> None:
+    """Acks and a dead letter made together are one EVALSHA; each gets its own answer."""
+    records = []
+    for _ in range(5):
+        message, record = job("q")
+        await redis_layer.enqueue("q", message, record)
+        records.append(record)
+    deliveries = await redis_layer.claim(["q"], 5, 30, 0)
+    assert len(deliveries) == 5
+    stale = deliveries[1]
+    stale.token = "999"  # a lease this worker does not hold: refused, the others not
+    await redis_layer.get_record(records[0].id)  # the connection is open and idle
+    before = script_calls(redis_server)
+    outcomes = await asyncio.gather(
+        *(redis_layer.ack(d, {"n": i}, 60) for i, d in enumerate(deliveries[:4])),
+        redis_layer.dead_letter(deliveries[4], "boom", "ValueError", "bad", 60),
+    )
+    # The first settle is written at once (nothing else waited); the other
+    # four leave together at the end of the loop turn.
+    assert script_calls(redis_server) - before == 2
+    assert outcomes == [True, False, True, True, True]
+    found = [await redis_layer.get_record(str(d.job_id)) for d in deliveries]
+    assert [(r.status, r.result) for r in found if r is not None] == [
+        (JobStatus.SUCCEEDED, {"n": 0}),
+        (JobStatus.RUNNING, None),
+        (JobStatus.SUCCEEDED, {"n": 2}),
+        (JobStatus.SUCCEEDED, {"n": 3}),
+        (JobStatus.FAILED, None),
+    ]
