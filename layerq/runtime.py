@@ -125,6 +125,7 @@ class Worker:
         self._stopping = False
         self._hard_stop = False
         self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="layerq-job")
+        self._is_async: dict[Any, bool] = {}  # handler function -> async def?
         self._retry_due = 0.0  # monotonic time the last retry this worker scheduled is due
         self.processed = 0
 
@@ -242,7 +243,10 @@ class Worker:
 
     async def _handle(self, delivery: Delivery) -> None:
         structlog.contextvars.bind_contextvars(
-            job_id=delivery.job_id, channel=delivery.channel, attempt=delivery.attempt
+            job_id=delivery.job_id,
+            channel=delivery.channel,
+            attempt=delivery.attempt,
+            type=str(delivery.message.get("type")),
         )
         try:
             await self._handle_one(delivery)
@@ -267,11 +271,9 @@ class Worker:
         except _Rejected as exc:
             await self._dead(delivery, str(exc), "Rejected", str(exc))
             return
-        event_type = str(delivery.message.get("type"))
-        structlog.contextvars.bind_contextvars(type=event_type)
         job = JobContext(
             id=envelope.id,
-            type=event_type,
+            type=str(delivery.message.get("type")),
             channel=delivery.channel,
             attempt=delivery.attempt,
             max_attempts=envelope.max_attempts or self.settings.max_attempts,
@@ -285,7 +287,8 @@ class Worker:
         # job.started is DEBUG so a busy worker does not pay for two lines a job.
         queued_for = round(max(0.0, clock.now() - envelope.enqueued), 6)
         log.debug("job.started", queued_for=queued_for)
-        await self._notify(job, "started", status="running")
+        if job.notify:
+            await self._notify(job, "started", status="running")
         timeout = envelope.timeout or self.settings.timeout
         began = time.monotonic()
         current_job.set(job)
@@ -310,7 +313,8 @@ class Worker:
             if await self.source.ack(delivery, result, self.settings.result_ttl):
                 self._settled(delivery)
                 log.info("job.succeeded", duration=duration, queued_for=queued_for)
-                await self._notify(job, "succeeded", status="succeeded", result=result)
+                if job.notify:
+                    await self._notify(job, "succeeded", status="succeeded", result=result)
             else:
                 log.warning("job.lease_lost", duration=duration)
 
@@ -337,7 +341,11 @@ class Worker:
         return envelope, handler, argument
 
     async def _call(self, handler: Any, argument: Any, timeout: float | None) -> Any:
-        if inspect.iscoroutinefunction(handler):
+        function = getattr(handler, "__func__", handler)
+        is_async = self._is_async.get(function)
+        if is_async is None:
+            is_async = self._is_async[function] = inspect.iscoroutinefunction(handler)
+        if is_async:
             return await _within(handler(argument), timeout)
 
         def run() -> Any:
