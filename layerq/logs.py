@@ -26,7 +26,7 @@ def _dumps(event: object, **kwargs: object) -> str:
     return _encoder.encode(event).decode()
 
 
-class TurnLogger:
+class _TurnLogger:
     """Writes log lines to ``file``; lines logged in an event loop go out once a turn.
 
     A busy worker logs a line per job. Written one by one, each line costs a
@@ -79,13 +79,13 @@ class TurnLogger:
     warn = warning = fatal = failure = err = error = critical = exception = now
 
 
-class TurnLoggerFactory:
-    """structlog logger factory: one :class:`TurnLogger` per file, shared."""
+class _TurnLoggerFactory:
+    """structlog logger factory: one :class:`_TurnLogger` per file, shared."""
 
     def __init__(self, file: TextIO) -> None:
-        self._logger = TurnLogger(file)
+        self._logger = _TurnLogger(file)
 
-    def __call__(self, *args: object) -> TurnLogger:
+    def __call__(self, *args: object) -> _TurnLogger:
         return self._logger
 
 
@@ -106,6 +106,6 @@ def configure(level: str = "INFO", json: bool | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=TurnLoggerFactory(sys.stderr),
+        logger_factory=_TurnLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
