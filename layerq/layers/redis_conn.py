@@ -36,6 +36,7 @@ import os
 import random
 import socket
 import ssl
+import struct
 import threading
 import time
 import weakref
@@ -203,7 +204,14 @@ class Target:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tls is not None:
             sock = self.tls.wrap_socket(sock, server_hostname=self.host)
-        sock.settimeout(READ_TIMEOUT)
+        # Blocking, with the kernel keeping the read timeout: a Python socket
+        # timeout costs a poll() before every send and every recv. A read that
+        # times out raises OSError (EAGAIN), a fault like a lost connection.
+        sock.settimeout(None)
+        seconds = int(READ_TIMEOUT)
+        limit = struct.pack("ll", seconds, int((READ_TIMEOUT - seconds) * 1e6))  # a timeval
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
         return sock
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 import redis
 
 from layerq.errors import ConfigurationError, TransportError
+from layerq.layers import redis_conn
 from layerq.layers.redis import RedisChannelLayer
 from layerq.layers.redis_conn import AsyncPipe, SyncPipe, Target
 from layerq.layers.redis_keys import Host, parse_hosts
@@ -169,6 +172,22 @@ def test_sync_pipe_survives_a_server_restart(tmp_path: Path) -> None:
             assert pipe.call([("GET", "k")]) == [None]  # a fresh, empty server
         finally:
             pipe.close()
+
+
+def test_a_silent_server_is_a_transport_error_for_sync_callers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that accepts and never answers ends a sync call, not blocks it."""
+    monkeypatch.setattr(redis_conn, "READ_TIMEOUT", 0.2)
+    with socket.socket() as silent:  # connections complete in the backlog, unread
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{silent.getsockname()[1]}"])
+        began = time.monotonic()
+        with pytest.raises(TransportError, match="Redis unreachable"):
+            layer.get_record_sync("some-job")
+        # Every try waited out the 0.2 s read timeout, then gave up in bounded time.
+        assert 0.2 * redis_conn.RETRIES <= time.monotonic() - began < 20
 
 
 def _certificates(directory: Path) -> tuple[Path, Path, Path]:
