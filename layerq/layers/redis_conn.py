@@ -255,7 +255,11 @@ class _Pending:
         # A merged call: each member gets its own item of the script's reply
         # (or the error reply they share).
         reply = self.replies[0]
-        items = reply if isinstance(reply, list) else [reply] * len(self.members)
+        items = reply if isinstance(reply, list) else []
+        if len(items) != len(self.members):
+            # An error reply (or one not of this shape): every member gets it,
+            # and its caller falls back to a call of its own.
+            items = [reply] * len(self.members)
         for member, item in zip(self.members, items, strict=True):
             if not member.done():
                 member.set_result(item)

@@ -414,3 +414,22 @@ async def test_settles_of_one_loop_turn_share_one_script_call(
         (JobStatus.SUCCEEDED, {"n": 3}),
         (JobStatus.FAILED, None),
     ]
+
+
+async def test_merged_settles_fall_back_to_their_own_calls_when_the_script_is_gone(
+    redis_layer: RedisChannelLayer, redis_server: RedisServer
+) -> None:
+    """After SCRIPT FLUSH the merged call fails as a whole; each settle then lands alone."""
+    for _ in range(3):
+        message, record = job("q")
+        await redis_layer.enqueue("q", message, record)
+    deliveries = await redis_layer.claim(["q"], 3, 30, 0)
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.script_flush()
+    finally:
+        client.close()
+    outcomes = await asyncio.gather(*(redis_layer.ack(d, "ok", 60) for d in deliveries))
+    assert outcomes == [True, True, True]
+    found = [await redis_layer.get_record(str(d.job_id)) for d in deliveries]
+    assert [r.status for r in found if r is not None] == [JobStatus.SUCCEEDED] * 3
