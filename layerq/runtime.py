@@ -242,14 +242,15 @@ class Worker:
     # --- one job ------------------------------------------------------------------
 
     async def _handle(self, delivery: Delivery) -> None:
+        event_type = str(delivery.message.get("type"))
         structlog.contextvars.bind_contextvars(
             job_id=delivery.job_id,
             channel=delivery.channel,
             attempt=delivery.attempt,
-            type=str(delivery.message.get("type")),
+            type=event_type,
         )
         try:
-            await self._handle_one(delivery)
+            await self._handle_one(delivery, event_type)
         except asyncio.CancelledError:
             pass  # shutdown: _drain releases what was not settled
         except Exception:  # a bug of ours must not kill the loop; the lease brings it back
@@ -265,7 +266,7 @@ class Worker:
         if running is not None:
             running.settled = True
 
-    async def _handle_one(self, delivery: Delivery) -> None:
+    async def _handle_one(self, delivery: Delivery, event_type: str) -> None:
         try:
             envelope, handler, argument = self._prepare(delivery)
         except _Rejected as exc:
@@ -273,7 +274,7 @@ class Worker:
             return
         job = JobContext(
             id=envelope.id,
-            type=str(delivery.message.get("type")),
+            type=event_type,
             channel=delivery.channel,
             attempt=delivery.attempt,
             max_attempts=envelope.max_attempts or self.settings.max_attempts,

@@ -291,15 +291,7 @@ class RedisChannelLayer(RedisBase):
                 self._remember(item.job_id, channel)
         return out
 
-    async def _settle(self, calls_by_host: dict[int, list[Call]], what: str) -> list[Any]:
-        state = self._state()
-        with transport_errors(what):
-            results = await asyncio.gather(
-                *(state.pipes[i].call(calls) for i, calls in calls_by_host.items())
-            )
-        return [item for batch in results for item in batch]
-
-    async def _settle_one(
+    async def _settle(
         self, delivery: Delivery, what: str, group: list[Any], tail: Sequence[Call] = ()
     ) -> bool:
         """Settle one delivery; False when its lease was stale.
@@ -327,17 +319,17 @@ class RedisChannelLayer(RedisBase):
     async def extend(self, deliveries: Sequence[Delivery], lease: float) -> None:
         """Push the leases of ``deliveries`` to now + ``lease``."""
         deadline = codec.number(clock.now() + lease)
-        calls: dict[int, list[Call]] = {}
-        for delivery in deliveries:
-            index = self._base(delivery.channel)[0]
-            calls.setdefault(index, []).append(self._settle_call(delivery, "extend", deadline))
-        if calls:
-            await self._settle(calls, "extend")
+        await asyncio.gather(
+            *(
+                self._settle(d, "extend", self._settle_group(d, "extend", deadline))
+                for d in deliveries
+            )
+        )
 
     async def ack(self, delivery: Delivery, result: Any, ttl: float) -> bool:
         """Remove the message; record succeeded with ``result`` for ``ttl`` s."""
         group, tail = self._final(delivery, "ack", ttl, codec.encode_value(result))
-        return await self._settle_one(delivery, "ack", group, tail)
+        return await self._settle(delivery, "ack", group, tail)
 
     async def retry(
         self, delivery: Delivery, delay: float, error_type: str, error_message: str
@@ -345,16 +337,13 @@ class RedisChannelLayer(RedisBase):
         """Return the message, ready after ``delay``; record retrying with the error."""
         due = codec.number(clock.now() + max(0.0, delay))
         group = self._settle_group(delivery, "retry", due, error_type, error_message)
-        return await self._settle_one(delivery, "retry", group)
+        return await self._settle(delivery, "retry", group)
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Return messages unrun, first in line; the attempt is not counted."""
-        calls: dict[int, list[Call]] = {}
-        for delivery in deliveries:
-            index = self._base(delivery.channel)[0]
-            calls.setdefault(index, []).append(self._settle_call(delivery, "release"))
-        if calls:
-            await self._settle(calls, "release")
+        await asyncio.gather(
+            *(self._settle(d, "release", self._settle_group(d, "release")) for d in deliveries)
+        )
 
     async def dead_letter(
         self,
@@ -367,7 +356,7 @@ class RedisChannelLayer(RedisBase):
         """Move the message to the dead letters; record failed, kept ``ttl`` s."""
         info = codec.encode_value([reason, clock.now(), delivery.job_id])
         group, tail = self._final(delivery, "dead", ttl, error_type, error_message, info)
-        return await self._settle_one(delivery, "dead_letter", group, tail)
+        return await self._settle(delivery, "dead_letter", group, tail)
 
     # --- records ------------------------------------------------------------------
 

@@ -151,11 +151,6 @@ class RedisBase(QueueLayer):
         """One argument group of the settle script (see redis_settle.lua)."""
         return [op, delivery.id, delivery.token, codec.number(clock.now()), *extra]
 
-    def _settle_call(self, delivery: Delivery, op: str, *extra: Any) -> Call:
-        group = self._settle_group(delivery, op, *extra)
-        base = self._base(delivery.channel)[1]
-        return ("EVALSHA", self._scripts["settle"], [base], [len(group), *group])
-
     def _final(
         self, delivery: Delivery, op: str, ttl: float, *extra: Any
     ) -> tuple[list[Any], list[Call]]:

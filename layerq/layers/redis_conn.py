@@ -139,17 +139,23 @@ def _unless_loading(replies: list[Any]) -> list[Any]:
     return replies
 
 
-def _give_up(exc: BaseException, failures: int) -> bool:
-    """After connection fault number ``failures``: stop retrying?
+def _pause_after(exc: BaseException, failures: int) -> float:
+    """The pause before retrying after connection fault number ``failures``.
 
-    At the bound, and at once for a server certificate that fails verification
-    (retrying cannot help).
+    Past the bound, and at once for a server certificate that fails
+    verification (retrying cannot help), it raises instead: ``exc`` itself,
+    or a redis-py ConnectionError for an OSError.
     """
-    return failures > RETRIES or isinstance(exc, ssl.SSLCertVerificationError)
+    if failures > RETRIES or isinstance(exc, ssl.SSLCertVerificationError):
+        if isinstance(exc, RedisConnectionError):
+            raise exc
+        raise RedisConnectionError(f"Redis unreachable: {exc!r}") from exc
+    return backoff(failures)
 
 
-def scripts_of(calls: Sequence[Call]) -> list[Script]:
-    return [call[1] for call in calls if call[0] == "EVALSHA"]
+def script_loads(calls: Sequence[Call]) -> list[Call]:
+    """SCRIPT LOAD of each script ``calls`` run (for Redis that lost them)."""
+    return [("SCRIPT", "LOAD", call[1].source) for call in calls if call[0] == "EVALSHA"]
 
 
 class Target:
@@ -277,21 +283,23 @@ class _Merged:
     fields; after it go the members' own follow-up commands (their ``tail``).
     """
 
-    __slots__ = ("args", "key", "pending", "script", "tail")
+    __slots__ = ("args", "key", "members", "pending", "script", "tail")
 
-    def __init__(self, script: Any, key: str, pending: _Pending) -> None:
+    def __init__(self, script: Script, key: str) -> None:
         self.script = script
         self.key = key
         self.args: list[Any] = []
         self.tail: list[Call] = []
-        self.pending = pending
+        self.members: list[asyncio.Future[Any]] = []
+        #: the script's reply, then one per tail command
+        self.pending = _Pending(None, 1, self.members)
 
     def add(self, group: Sequence[Any], tail: Sequence[Call], future: asyncio.Future[Any]) -> None:
         self.args.append(len(group))
         self.args += group
         self.tail += tail
-        assert self.pending.members is not None
-        self.pending.members.append(future)
+        self.pending.left += len(tail)
+        self.members.append(future)
 
     def pack(self) -> bytes:
         return pack([("EVALSHA", self.script, [self.key], self.args), *self.tail])
@@ -323,7 +331,7 @@ class _Protocol(asyncio.Protocol):
         return future
 
     def merge(
-        self, script: Any, key: str, group: Sequence[Any], tail: Sequence[Call]
+        self, script: Script, key: str, group: Sequence[Any], tail: Sequence[Call]
     ) -> asyncio.Future[Any]:
         """Add ``group`` to this turn's call of ``script`` on ``key``.
 
@@ -334,10 +342,9 @@ class _Protocol(asyncio.Protocol):
         future = loop.create_future()
         merged = self.merging.get((script.sha, key))
         if merged is not None:
-            merged.pending.left += len(tail)
             merged.add(group, tail, future)
             return future
-        merged = _Merged(script, key, _Pending(None, 1 + len(tail), []))
+        merged = _Merged(script, key)
         merged.add(group, tail, future)
         if self._queue(loop, merged, merged.pending):
             self.merging[(script.sha, key)] = merged  # later calls of this turn join it
@@ -444,30 +451,32 @@ class AsyncPipe:
         connection is open (:meth:`call` opens one). For the hot path of a
         worker, where :meth:`call`'s coroutine would be one more task.
         """
-        protocol = self._protocol
-        if protocol is None or protocol.transport is None or protocol.transport.is_closing():
-            return None
-        return protocol.send(pack(calls), len(calls))
+        protocol = self._open_protocol()
+        return None if protocol is None else protocol.send(pack(calls), len(calls))
 
     def merge(
-        self, script: Any, key: str, group: Sequence[Any], tail: Sequence[Call] = ()
+        self, script: Script, key: str, group: Sequence[Any], tail: Sequence[Call] = ()
     ) -> asyncio.Future[Any] | None:
         """Join this loop turn's one call of ``script`` on ``key`` (see _Merged).
 
         The future of this group's reply item, errors as values; None when no
         connection is open. No retry: on a fault, use :meth:`call`.
         """
+        protocol = self._open_protocol()
+        return None if protocol is None else protocol.merge(script, key, group, tail)
+
+    def _open_protocol(self) -> _Protocol | None:
         protocol = self._protocol
         if protocol is None or protocol.transport is None or protocol.transport.is_closing():
             return None
-        return protocol.merge(script, key, group, tail)
+        return protocol
 
     async def call(self, calls: Sequence[Call]) -> list[Any]:
         """Run ``calls`` in one round trip; load scripts once if Redis lost them."""
         try:
             return check(await self.raw(pack(calls), len(calls)))
         except NoScriptError:
-            loads: list[Call] = [("SCRIPT", "LOAD", s.source) for s in scripts_of(calls)]
+            loads = script_loads(calls)
             check(await self.raw(pack(loads), len(loads)))
             return check(await self.raw(pack(calls), len(calls)))
 
@@ -485,11 +494,7 @@ class AsyncPipe:
                     self._protocol = None
                     protocol.close()
                 failures += 1
-                if _give_up(exc, failures):
-                    if isinstance(exc, RedisConnectionError):
-                        raise
-                    raise RedisConnectionError(f"Redis unreachable: {exc!r}") from exc
-                await asyncio.sleep(backoff(failures))
+                await asyncio.sleep(_pause_after(exc, failures))
 
     async def _connect(self) -> _Protocol:
         if self._connecting is None:
@@ -662,7 +667,7 @@ class SyncPipe:
         try:
             return check(self.raw(pack(calls), len(calls)))
         except NoScriptError:
-            loads: list[Call] = [("SCRIPT", "LOAD", s.source) for s in scripts_of(calls)]
+            loads = script_loads(calls)
             check(self.raw(pack(loads), len(loads)))
             return check(self.raw(pack(calls), len(calls)))
 
@@ -680,11 +685,7 @@ class SyncPipe:
                 if connection is not None:
                     connection.close()
                 failures += 1
-                if _give_up(exc, failures):
-                    if isinstance(exc, RedisConnectionError):
-                        raise
-                    raise RedisConnectionError(f"Redis unreachable: {exc!r}") from exc
-                time.sleep(backoff(failures))
+                time.sleep(_pause_after(exc, failures))
 
     def _open(self) -> _SyncConnection:
         connection = _SyncConnection(self.target)

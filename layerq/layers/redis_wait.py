@@ -188,10 +188,7 @@ async def wait_record(
     async with pool.pipe() as pipe:
         while True:
             (raw,) = await pipe.call([call])
-            found = _record(raw)
-            if found is None or found.status.is_terminal:
-                return found
-            left = BLOCK_MAX if deadline is None else min(BLOCK_MAX, deadline - loop.time())
+            found, left = _watched(raw, deadline, loop.time())
             if left <= 0:
                 return found
             (pushed,) = await pipe.call(
@@ -210,16 +207,25 @@ def wait_record_sync(
     call: Call = ("EVALSHA", script, [record, done], [])
     while True:
         (raw,) = pipe.call([call])
-        found = _record(raw)
-        if found is None or found.status.is_terminal:
-            return found
-        left = BLOCK_MAX if deadline is None else min(BLOCK_MAX, deadline - time.monotonic())
+        found, left = _watched(raw, deadline, time.monotonic())
         if left <= 0:
             return found
         (pushed,) = pipe.call([("BLMOVE", done, done, "RIGHT", "LEFT", _block_seconds(left))])
         found = _pushed(pushed)
         if found is not None:
             return found
+
+
+def _watched(raw: list[Any], deadline: float | None, now: float) -> tuple[JobRecord | None, float]:
+    """The record the watch script read, and how long to block for its end next.
+
+    0 (or less): no block; the record is the answer (missing, terminal, or
+    the deadline has passed).
+    """
+    found = _record(raw)
+    if found is None or found.status.is_terminal:
+        return found, 0.0
+    return found, BLOCK_MAX if deadline is None else min(BLOCK_MAX, deadline - now)
 
 
 def _record(raw: list[Any]) -> JobRecord | None:
