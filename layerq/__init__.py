@@ -22,7 +22,7 @@ from .errors import (
 from .events import Event
 from .jobs import Job, JobRecord, JobStatus
 from .notify import JobEventsConsumer, user_group
-from .producer import asend, send
+from .producer import asend, asend_many, send, send_many
 
 __all__ = [
     "AsyncWorkerConsumer",
@@ -45,7 +45,9 @@ __all__ = [
     "Unsupported",
     "WorkerConsumer",
     "asend",
+    "asend_many",
     "send",
+    "send_many",
     "user_group",
 ]
 __version__ = "0.1.0"

@@ -19,8 +19,14 @@ the worker does not log it as a failure.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from channels.exceptions import ChannelFull
 from django.core.exceptions import ImproperlyConfigured
+
+if TYPE_CHECKING:
+    from .jobs import Job
 
 
 class LayerqError(Exception):
@@ -36,7 +42,18 @@ class InvalidEvent(LayerqError, ValueError):
 
 
 class QueueFull(LayerqError, ChannelFull):  # type: ignore[misc]
-    """The channel is at capacity; the message was not sent."""
+    """The channel is at capacity; the message was not sent.
+
+    From :func:`layerq.send_many`: ``sent`` holds the jobs that were stored
+    (they will run) and ``refused`` those that were not, each in send order.
+    """
+
+    def __init__(
+        self, message: str, *, sent: Sequence[Job] = (), refused: Sequence[Job] = ()
+    ) -> None:
+        super().__init__(message)
+        self.sent = list(sent)
+        self.refused = list(refused)
 
 
 class TransportError(LayerqError, ConnectionError):

@@ -8,7 +8,7 @@ plain msgpack-able data, so any Channels consumer can read it.
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -109,7 +109,7 @@ def event_class(event_type: str) -> type[Event] | None:
 
 def new_job_id() -> str:
     """A fresh job id: 32 hex characters, unique without coordination."""
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 def validate_fields(cls: type[Event], raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -137,8 +137,7 @@ def _deliver_sync(prepared: _Prepared) -> None:
     if is_queue_layer(layer):
         layer.enqueue_sync(prepared.channel, prepared.message, prepared.record, prepared.delay)
     else:
-        with _basic_send(layer, prepared):
-            async_to_sync(layer.send)(prepared.channel, prepared.message)
+        _basic_sync(layer, prepared)
     _queued(prepared)
 
 
@@ -147,9 +146,18 @@ async def _deliver(prepared: _Prepared) -> None:
     if is_queue_layer(layer):
         await layer.enqueue(prepared.channel, prepared.message, prepared.record, prepared.delay)
     else:
-        with _basic_send(layer, prepared):
-            await layer.send(prepared.channel, prepared.message)
+        await _basic(layer, prepared)
     _queued(prepared)
+
+
+def _basic_sync(layer: Any, prepared: _Prepared) -> None:
+    with _basic_send(layer, prepared):
+        async_to_sync(layer.send)(prepared.channel, prepared.message)
+
+
+async def _basic(layer: Any, prepared: _Prepared) -> None:
+    with _basic_send(layer, prepared):
+        await layer.send(prepared.channel, prepared.message)
 
 
 @contextlib.contextmanager
@@ -235,3 +243,150 @@ async def asend(
     )
     await _deliver(prepared)
     return prepared.job
+
+
+def send_many(
+    events: Iterable[Event | Mapping[str, Any]],
+    *,
+    channel: str | None = None,
+    notify: Notify = None,
+    delay: float | None = None,
+    max_attempts: int | None = None,
+    timeout: float | None = None,
+    on_commit: bool = False,
+    using: str | None = None,
+    layer: str | None = None,
+) -> list[Job]:
+    """Enqueue many events at once from sync code; their Jobs, in order.
+
+    Each event goes to ``channel``, else to its Event class's channel (a dict
+    event needs ``channel``). Every event is validated before anything is
+    stored; then each channel's jobs are stored many per round trip (Redis)
+    or transaction (SQLite). The options are :func:`send`'s, for every job.
+    Each job stands alone: when a channel fills up, what was stored stays
+    stored and QueueFull is raised with ``sent`` and ``refused``.
+    """
+    batch = _prepare_many(events, channel, notify, delay, max_attempts, timeout, layer)
+    if on_commit:
+        transaction.on_commit(functools.partial(_deliver_many_sync, batch), using=using)
+    else:
+        _deliver_many_sync(batch)
+    return [prepared.job for prepared in batch]
+
+
+async def asend_many(
+    events: Iterable[Event | Mapping[str, Any]],
+    *,
+    channel: str | None = None,
+    notify: Notify = None,
+    delay: float | None = None,
+    max_attempts: int | None = None,
+    timeout: float | None = None,
+    layer: str | None = None,
+) -> list[Job]:
+    """Enqueue many events at once from async code; see :func:`send_many`."""
+    batch = _prepare_many(events, channel, notify, delay, max_attempts, timeout, layer)
+    refused: list[_Prepared] = []
+    for target, group in _by_channel(batch):
+        found = get_layer(target.job.layer_alias)
+        if is_queue_layer(found):
+            items = [(prepared.message, prepared.record) for prepared in group]
+            stored = await found.enqueue_many(target.channel, items, target.delay)
+        else:
+            stored = await _basic_many(found, group)
+        refused += _sorted_out(group, stored)
+    _refuse(batch, refused)
+    return [prepared.job for prepared in batch]
+
+
+def _prepare_many(
+    events: Iterable[Event | Mapping[str, Any]],
+    channel: str | None,
+    notify: Notify,
+    delay: float | None,
+    max_attempts: int | None,
+    timeout: float | None,
+    layer: str | None,
+) -> list[_Prepared]:
+    if isinstance(events, Event | Mapping | str | bytes):
+        raise InvalidEvent("send_many takes an iterable of events (a list, say), not one event")
+    batch = []
+    for event in events:
+        if channel is not None:
+            target = channel
+        elif isinstance(event, Event):
+            target = type(event)._channel()
+        else:
+            raise InvalidEvent("a dict event has no default channel; pass channel=")
+        batch.append(
+            prepare(
+                target,
+                event,
+                notify=notify,
+                delay=delay,
+                max_attempts=max_attempts,
+                timeout=timeout,
+                layer=layer,
+            )
+        )
+    return batch
+
+
+def _by_channel(batch: list[_Prepared]) -> Iterator[tuple[_Prepared, list[_Prepared]]]:
+    """The jobs of each channel, in send order: (the first, all of them)."""
+    groups: dict[str, list[_Prepared]] = {}
+    for prepared in batch:
+        groups.setdefault(prepared.channel, []).append(prepared)
+    for group in groups.values():
+        yield group[0], group
+
+
+def _deliver_many_sync(batch: list[_Prepared]) -> None:
+    refused: list[_Prepared] = []
+    for target, group in _by_channel(batch):
+        found = get_layer(target.job.layer_alias)
+        if is_queue_layer(found):
+            items = [(prepared.message, prepared.record) for prepared in group]
+            stored = found.enqueue_many_sync(target.channel, items, target.delay)
+        else:
+            # One trip to an event loop for the batch, not one per message.
+            stored = async_to_sync(_basic_many)(found, group)
+        refused += _sorted_out(group, stored)
+    _refuse(batch, refused)
+
+
+async def _basic_many(layer: Any, group: list[_Prepared]) -> list[bool]:
+    """Basic mode: one Channels send per message; False for each refused as full."""
+    stored = []
+    for prepared in group:
+        try:
+            await _basic(layer, prepared)
+        except QueueFull:
+            stored.append(False)
+        else:
+            stored.append(True)
+    return stored
+
+
+def _sorted_out(group: list[_Prepared], stored: list[bool]) -> list[_Prepared]:
+    """Log the stored jobs of ``group``; the refused ones."""
+    refused = []
+    for prepared, ok in zip(group, stored, strict=True):
+        if ok:
+            _queued(prepared)
+        else:
+            refused.append(prepared)
+    return refused
+
+
+def _refuse(batch: list[_Prepared], refused: list[_Prepared]) -> None:
+    if not refused:
+        return
+    channels = sorted({prepared.channel for prepared in refused})
+    out = {id(prepared) for prepared in refused}
+    raise QueueFull(
+        f"{len(refused)} of {len(batch)} jobs refused: {', '.join(map(repr, channels))}"
+        " at capacity; the others were stored",
+        sent=[prepared.job for prepared in batch if id(prepared) not in out],
+        refused=[prepared.job for prepared in refused],
+    )

@@ -2,7 +2,7 @@
 
 A layerq layer is a complete Channels layer (``send``/``receive``/groups/
 ``flush``), plus the methods below, advertised by ``"layerq"`` in its
-``extensions``. The worker uses only these; producers use ``enqueue``.
+``extensions``. The worker uses only these; producers use ``enqueue`` and ``enqueue_many``.
 
 The life of a job message::
 
@@ -27,9 +27,13 @@ from typing import Any
 
 from channels.layers import BaseChannelLayer
 
+from ..errors import QueueFull
 from ..jobs import JobRecord
 
 EXTENSION = "layerq"
+
+#: one job to store: its message and its queued record
+Queued = tuple[dict[str, Any], JobRecord]
 
 
 @dataclasses.dataclass(slots=True)
@@ -70,7 +74,6 @@ class QueueLayer(BaseChannelLayer, abc.ABC):  # type: ignore[misc]
 
     # --- producer side ------------------------------------------------------
 
-    @abc.abstractmethod
     async def enqueue(
         self, channel: str, message: dict[str, Any], record: JobRecord, delay: float = 0.0
     ) -> None:
@@ -78,12 +81,34 @@ class QueueLayer(BaseChannelLayer, abc.ABC):  # type: ignore[misc]
 
         Raises :class:`layerq.QueueFull` at capacity; never drops.
         """
+        (stored,) = await self.enqueue_many(channel, [(message, record)], delay)
+        if not stored:
+            raise QueueFull(f"channel {channel!r} is at capacity")
 
-    @abc.abstractmethod
     def enqueue_sync(
         self, channel: str, message: dict[str, Any], record: JobRecord, delay: float = 0.0
     ) -> None:
         """:meth:`enqueue` for sync code, without an event loop."""
+        (stored,) = self.enqueue_many_sync(channel, [(message, record)], delay)
+        if not stored:
+            raise QueueFull(f"channel {channel!r} is at capacity")
+
+    @abc.abstractmethod
+    async def enqueue_many(
+        self, channel: str, batch: Sequence[Queued], delay: float = 0.0
+    ) -> list[bool]:
+        """Store each (message, record) of ``batch`` as :meth:`enqueue` does, in order.
+
+        One flag per item: True stored, False refused because the channel was
+        full (nothing of that item stored). Each item stands alone: what was
+        stored stays stored when a later one is refused.
+        """
+
+    @abc.abstractmethod
+    def enqueue_many_sync(
+        self, channel: str, batch: Sequence[Queued], delay: float = 0.0
+    ) -> list[bool]:
+        """:meth:`enqueue_many` for sync code, without an event loop."""
 
     # --- worker side --------------------------------------------------------
 

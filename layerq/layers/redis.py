@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -37,7 +37,7 @@ from ..jobs import JobRecord
 from . import redis_codec as codec
 from . import redis_keys as keys
 from . import redis_wait as waits
-from .base import DeadLetter, Delivery
+from .base import DeadLetter, Delivery, Queued
 from .redis_base import RedisBase
 from .redis_conn import BLOCK_MAX, Call, transport_errors
 
@@ -180,36 +180,51 @@ class RedisChannelLayer(RedisBase):
 
     # --- producer side --------------------------------------------------------
 
-    async def enqueue(
-        self, channel: str, message: dict[str, Any], record: JobRecord, delay: float = 0.0
-    ) -> None:
-        """Store ``message`` and its queued ``record`` atomically; QueueFull at capacity."""
+    async def enqueue_many(
+        self, channel: str, batch: Sequence[Queued], delay: float = 0.0
+    ) -> list[bool]:
+        """Store each job and its queued record atomically, a round trip per chunk.
+
+        A chunk retried after a fault is not stored twice: the script knows
+        the ids it holds.
+        """
         self.require_valid_channel_name(channel)
-        calls = self._enqueue_calls(channel, message, record, delay)
         pipe = self._pipe(self._base(channel)[0])
-        with transport_errors("enqueue"):
-            (_, stored) = await pipe.call(calls)
-            if stored == 0:
-                await pipe.call([("DEL", calls[0][1])])
-        self._after_enqueue(channel, record, stored)
+        stored: list[bool] = []
+        for chunk in _chunks(batch):
+            calls = self._enqueue_calls(channel, chunk, delay)
+            with transport_errors("enqueue"):
+                flags = _stored(await pipe.call(calls))
+                undo = _undo(calls, flags)
+                if undo:
+                    await pipe.call(undo)
+            stored += self._after_enqueue(channel, chunk, flags)
+        return stored
 
-    def enqueue_sync(
-        self, channel: str, message: dict[str, Any], record: JobRecord, delay: float = 0.0
-    ) -> None:
-        """:meth:`enqueue` from sync code, on a sync client: no event loop."""
+    def enqueue_many_sync(
+        self, channel: str, batch: Sequence[Queued], delay: float = 0.0
+    ) -> list[bool]:
+        """:meth:`enqueue_many` from sync code, on a sync client: no event loop."""
         self.require_valid_channel_name(channel)
-        calls = self._enqueue_calls(channel, message, record, delay)
         pipe = self._sync(self._base(channel)[0])
-        with transport_errors("enqueue"):
-            (_, stored) = pipe.call(calls)
-            if stored == 0:
-                pipe.call([("DEL", calls[0][1])])
-        self._after_enqueue(channel, record, stored)
+        stored: list[bool] = []
+        for chunk in _chunks(batch):
+            calls = self._enqueue_calls(channel, chunk, delay)
+            with transport_errors("enqueue"):
+                flags = _stored(pipe.call(calls))
+                undo = _undo(calls, flags)
+                if undo:
+                    pipe.call(undo)
+            stored += self._after_enqueue(channel, chunk, flags)
+        return stored
 
-    def _after_enqueue(self, channel: str, record: JobRecord, stored: int) -> None:
-        if stored == 0:
-            raise QueueFull(f"channel {channel!r} is at capacity")
-        self._remember(record.id, channel)
+    def _after_enqueue(
+        self, channel: str, chunk: Sequence[Queued], flags: list[bool]
+    ) -> list[bool]:
+        for (_, record), stored in zip(chunk, flags, strict=True):
+            if stored:
+                self._remember(record.id, channel)
+        return flags
 
     # --- worker side -----------------------------------------------------------
 
@@ -486,3 +501,23 @@ class RedisChannelLayer(RedisBase):
         with transport_errors("pending"):
             (count,) = await self._pipe(index).call([("HLEN", f"{base}:msg")])
         return int(count)
+
+
+#: jobs stored per round trip by enqueue_many: bounds the memory of one write
+#: and of its replies, and how long other callers on the connection wait
+ENQUEUE_CHUNK = 500
+
+
+def _chunks(batch: Sequence[Queued]) -> Iterator[Sequence[Queued]]:
+    for start in range(0, len(batch), ENQUEUE_CHUNK):
+        yield batch[start : start + ENQUEUE_CHUNK]
+
+
+def _stored(replies: list[Any]) -> list[bool]:
+    """The enqueue script's answers (every second reply, after each locator SET)."""
+    return [reply != 0 for reply in replies[1::2]]
+
+
+def _undo(calls: Sequence[Call], flags: list[bool]) -> list[Call]:
+    """The locators of refused jobs, to delete: they would point at nothing."""
+    return [("DEL", calls[2 * i][1]) for i, stored in enumerate(flags) if not stored]

@@ -21,7 +21,7 @@ from ..jobs import JobRecord
 from . import redis_codec as codec
 from . import redis_keys as keys
 from . import redis_wait as waits
-from .base import EXTENSION, Delivery, QueueLayer
+from .base import EXTENSION, Delivery, Queued, QueueLayer
 from .redis_conn import AsyncPipe, Call, SyncPipe, Target, transport_errors
 
 #: job id -> channel, for jobs this process sent or claimed; cleared when full
@@ -138,14 +138,19 @@ class RedisBase(QueueLayer):
         args = [message_id, payload, codec.encode_value(meta)]
         return ("EVALSHA", self._scripts["enqueue"], [self._base(channel)[1]], args)
 
-    def _enqueue_calls(
-        self, channel: str, message: dict[str, Any], record: JobRecord, delay: float
-    ) -> list[Call]:
-        # The locator lives in its own slot, so it cannot be written by the
-        # script (Redis Cluster refuses cross-slot scripts); written first, a
-        # crash between the two leaves at worst a locator without a record.
-        locator = ("SET", keys.locator_key(self.prefix, record.id), self.non_local_name(channel))
-        return [locator, self._store_call(channel, message, clock.now(), record, max(0.0, delay))]
+    def _enqueue_calls(self, channel: str, batch: Sequence[Queued], delay: float) -> list[Call]:
+        """A locator SET and the enqueue script, for each job of ``batch``.
+
+        The locator lives in its own slot, so it cannot be written by the
+        script (Redis Cluster refuses cross-slot scripts); written first, a
+        crash between the two leaves at worst a locator without a record.
+        """
+        name, now, delay = self.non_local_name(channel), clock.now(), max(0.0, delay)
+        calls: list[Call] = []
+        for message, record in batch:
+            calls.append(("SET", keys.locator_key(self.prefix, record.id), name))
+            calls.append(self._store_call(channel, message, now, record, delay))
+        return calls
 
     def _settle_group(self, delivery: Delivery, op: str, *extra: Any) -> list[Any]:
         """One argument group of the settle script (see redis_settle.lua)."""

@@ -22,6 +22,7 @@ _dict_decoder = msgspec.msgpack.Decoder(dict[str, Any])
 
 _INT_FIELDS = frozenset({"attempt", "max_attempts"})
 _FLOAT_FIELDS = frozenset({"enqueued_at", "started_at", "finished_at", "progress"})
+_RECORD_FIELDS = JobRecord.__struct_fields__
 
 
 def job_id_of(message: Mapping[str, Any]) -> str | None:
@@ -90,18 +91,17 @@ def pairs(raw: list[Any]) -> dict[Any, Any]:
 def record_pairs(record: JobRecord) -> list[str | bytes]:
     """The field/value pairs for HSET, as Redis stores them; None fields are left out."""
     pairs: list[str | bytes] = []
-    for field in record.__struct_fields__:
-        value = getattr(record, field)
+    for field, value in zip(_RECORD_FIELDS, msgspec.structs.astuple(record), strict=True):
         if value is None:
             continue
         if field == "result":
             pairs += [field, encode_value(value)]
-        elif isinstance(value, bool | int) and not isinstance(value, float):
-            pairs += [field, str(int(value))]
+        elif isinstance(value, str):  # a JobStatus too: its value
+            pairs += [field, str(value)]
         elif isinstance(value, float):
             pairs += [field, number(value)]
         else:
-            pairs += [field, str(value)]
+            pairs += [field, str(int(value))]
     return pairs
 
 

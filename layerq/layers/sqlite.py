@@ -29,7 +29,7 @@ from ..errors import ConfigurationError, QueueFull
 from ..events import check_plain
 from ..jobs import JobRecord
 from . import sqlite_ops as ops
-from .base import DeadLetter, Delivery, QueueLayer
+from .base import DeadLetter, Delivery, Queued, QueueLayer
 from .sqlite_db import Database
 from .sqlite_wait import Waiters
 
@@ -37,6 +37,8 @@ T = TypeVar("T")
 
 #: how often expired messages, groups and records are swept, at most
 SWEEP_EVERY = 5.0
+#: jobs stored per transaction by enqueue_many: how long one holds the write lock
+ENQUEUE_CHUNK = 500
 
 
 @dataclasses.dataclass(slots=True)
@@ -239,26 +241,31 @@ class SQLiteChannelLayer(QueueLayer):
 
     # --- producer side of the queue -----------------------------------------
 
-    async def enqueue(
-        self, channel: str, message: dict[str, Any], record: JobRecord, delay: float = 0.0
-    ) -> None:
-        """Store a job message and its queued record in one transaction."""
-        await self._run(functools.partial(self.enqueue_sync, channel, message, record, delay))
+    async def enqueue_many(
+        self, channel: str, batch: Sequence[Queued], delay: float = 0.0
+    ) -> list[bool]:
+        """Store job messages and their queued records, a transaction per chunk."""
+        return await self._run(functools.partial(self.enqueue_many_sync, channel, batch, delay))
 
-    def enqueue_sync(
-        self, channel: str, message: dict[str, Any], record: JobRecord, delay: float = 0.0
-    ) -> None:
-        """:meth:`enqueue` without an event loop, for sync views."""
+    def enqueue_many_sync(
+        self, channel: str, batch: Sequence[Queued], delay: float = 0.0
+    ) -> list[bool]:
+        """:meth:`enqueue_many` without an event loop, for sync views."""
         self.require_valid_channel_name(channel)
 
-        def enqueue(db: sqlite3.Connection) -> bool:
-            if not self._insert(db, channel, message, delay):
-                return False
-            ops.add_record(db, record)
-            return True
+        def enqueue(db: sqlite3.Connection, chunk: Sequence[Queued]) -> list[bool]:
+            stored = []
+            for message, record in chunk:
+                fits = self._insert(db, channel, message, delay)
+                if fits:
+                    ops.add_record(db, record)
+                stored.append(fits)
+            return stored
 
-        if not self.db.write(enqueue):
-            raise QueueFull(f"channel {channel!r} is at capacity")
+        stored: list[bool] = []
+        for start in range(0, len(batch), ENQUEUE_CHUNK):
+            stored += self._write_sync(enqueue, batch[start : start + ENQUEUE_CHUNK])
+        return stored
 
     # --- worker side -------------------------------------------------------------
 
