@@ -1,6 +1,9 @@
 """Running one system through the workloads, generically, in subprocesses.
 
-For a system with a separate worker: flush Redis; ``enqueue`` (no worker
+For a system with a many-at-once send, first ``enqueue_bulk`` (no worker
+runs) to the bulk queue, in its own subdirectory ``bulk/`` (so a file layer
+such as layerq's SQLite keeps those jobs in a file of their own), then Redis
+is flushed. For a system with a separate worker: ``enqueue`` (no worker
 yet); start the worker; wait for the drain stamps its handlers write; run
 ``latency``; wait for its stamps; read the worker's RSS; stop the worker
 (SIGTERM, then SIGKILL of its whole process group). In-process systems run
@@ -17,7 +20,7 @@ import signal
 import statistics
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,7 @@ class Outcome:
     system: System
     enqueue: float | None = None  #: jobs/s through the main enqueue path
     sync_send: float | None = None  #: jobs/s through the sync path (layerq send(), async_to_sync)
+    bulk_enqueue: float | None = None  #: jobs/s through the many-at-once call, where there is one
     drain: float | None = None  #: jobs/s, first to last handler start
     start: Percentiles | None = None  #: enqueue -> handler start
     result: Percentiles | None = None  #: enqueue -> producer sees the outcome
@@ -91,14 +95,19 @@ def tree_rss_mb(session: int) -> float:
 
 
 class Runner:
-    """Runs systems against one private Redis with one configuration."""
+    """Runs systems against one private Redis with one configuration.
 
-    def __init__(self, config: Config, logs: Path) -> None:
+    ``flush`` empties that Redis (FLUSHALL); the runner calls it after the bulk
+    phase, so no bulk job is left when the drain starts.
+    """
+
+    def __init__(self, config: Config, logs: Path, flush: Callable[[], object]) -> None:
         self.config = config
         self.logs = logs
+        self.flush = flush
 
-    def _env(self, directory: Path) -> dict[str, str]:
-        config = dataclasses.replace(self.config, directory=str(directory))
+    def _env(self, system: System, directory: Path) -> dict[str, str]:
+        config = dataclasses.replace(self.config, directory=str(directory), variant=system.variant)
         env = dict(os.environ, BENCH_CONFIG=config.to_env(), BENCH_DIR=str(directory))
         env["PYTHONPATH"] = str(ROOT)
         env.pop("DJANGO_SETTINGS_MODULE", None)
@@ -124,19 +133,31 @@ class Runner:
     def run(self, system: System, python: str, directory: Path) -> Outcome:
         """Measure ``system``; failures become the outcome's error, never an exception."""
         directory.mkdir(parents=True, exist_ok=True)
-        env = self._env(directory)
-        env["BENCH_CONFIG"] = json.dumps(
-            {**json.loads(env["BENCH_CONFIG"]), "variant": system.variant}
-        )
+        env = self._env(system, directory)
         outcome = Outcome(system)
+        if system.bulk:
+            self._bulk(system, python, directory / "bulk", outcome)
         try:
             if system.in_process:
                 self._inproc(system, python, env, directory, outcome)
             else:
                 self._separate(system, python, env, directory, outcome)
         except BenchError as exc:
-            outcome.error = str(exc)
+            outcome.error = "; ".join(filter(None, [outcome.error, str(exc)]))
         return outcome
+
+    def _bulk(self, system: System, python: str, directory: Path, outcome: Outcome) -> None:
+        """``enqueue_bulk`` in its own directory, then flush Redis; a failure does not stop
+        the drain, which starts from the same empty state either way."""
+        directory.mkdir(parents=True, exist_ok=True)
+        env = self._env(system, directory)
+        try:
+            report = self._command(python, system, "enqueue_bulk", env, 60 + self.config.jobs / 20)
+            outcome.bulk_enqueue = report.get("bulk_enqueue")
+        except BenchError as exc:
+            outcome.error = f"bulk: {exc}"
+        finally:
+            self.flush()
 
     def _inproc(self, system: System, python: str, env: dict[str, str], directory: Path,
                 outcome: Outcome) -> None:  # fmt: skip

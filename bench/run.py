@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         logs = Path(tmp) / "logs"
         logs.mkdir()
-        runner = Runner(config, logs)
         client = redis.Redis.from_url(server.url)
+        runner = Runner(config, logs, flush=client.flushall)
         for system in systems:
             why = system.unavailable()
             if why is not None:

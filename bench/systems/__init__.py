@@ -21,6 +21,8 @@ class System:
     variant: str = ""  #: passed to the adapter in its Config
     venv: str | None = None  #: bench/requirements/VENV.txt; None: the harness's interpreter
     in_process: bool = False  #: producer and worker share one process (``inproc`` command)
+    #: the library has a many-at-once send: the adapter has ``enqueue_bulk``
+    bulk: bool = False
     note: str = ""  #: how it was configured, printed under the table
 
     def unavailable(self) -> str | None:
@@ -39,6 +41,7 @@ SYSTEMS = [
             "bare redis-py loop (hiredis parser, as layerq has), JSON bodies, a reply list"
             " per job; no ack, retries or records"
         ),
+        bulk=True,
     ),
     System(
         "layerq-sqlite",
@@ -47,6 +50,7 @@ SYSTEMS = [
         "sqlite",
         note="SQLiteChannelLayer in a temp file; runworker defaults (8 slots, signed, leased);"
         " result via job.result()",
+        bulk=True,
     ),
     System(
         "layerq-inmemory",
@@ -56,6 +60,7 @@ SYSTEMS = [
         in_process=True,
         note="InMemoryChannelLayer, at-most-once; producer and worker share ONE process;"
         " result = the layerq.job.succeeded group notification; RSS is that shared process",
+        bulk=True,
     ),
     System(
         "layerq-redis",
@@ -63,6 +68,7 @@ SYSTEMS = [
         "layerq_system",
         "redis",
         note="layerq RedisChannelLayer; runworker defaults; result via job.result()",
+        bulk=True,
     ),
     System(
         "celery-solo",
@@ -72,6 +78,7 @@ SYSTEMS = [
         venv="celery",
         note="redis broker and result backend, --pool solo, prefetch multiplier 4 (default);"
         " result via AsyncResult.get()",
+        bulk=True,
     ),
     System(
         "celery-threads",
@@ -80,6 +87,7 @@ SYSTEMS = [
         "threads",
         venv="celery",
         note="as solo but --pool threads --concurrency 8",
+        bulk=True,
     ),
     System(
         "rq",
@@ -87,6 +95,7 @@ SYSTEMS = [
         "rq_system",
         venv="rq",
         note="SimpleWorker (no fork per job); result via Job.latest_result(timeout=)",
+        bulk=True,
     ),
     System(
         "dramatiq",
@@ -95,6 +104,7 @@ SYSTEMS = [
         venv="dramatiq",
         note="RedisBroker, Results middleware (RedisBackend), 1 process x 8 threads;"
         " result via message.get_result(block=True)",
+        bulk=True,
     ),
     System(
         "arq",

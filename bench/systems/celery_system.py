@@ -1,18 +1,24 @@
-"""Celery: Redis broker and result backend; variant ``solo`` or ``threads`` (8 threads)."""
+"""Celery: Redis broker and result backend; variant ``solo`` or ``threads`` (8 threads).
+
+Bulk: ``group(noop.s(...) for ...).apply_async()``, Celery's documented way to
+send many tasks; it publishes one message per task over one producer.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
+from celery import Celery, group
 
 from bench.recorder import mark
 from bench.systems import common
 from bench.systems.common import (
+    BULK,
     DRAIN,
     LATENCY,
     RESULT_TIMEOUT,
     Config,
+    bulk_timed,
     payload,
     sequential,
     timed,
@@ -34,6 +40,15 @@ def enqueue(config: Config) -> dict[str, Any]:
     return {
         "enqueue": timed(lambda i: noop.delay(**payload(DRAIN, i, config.jobs)), range(config.jobs))
     }
+
+
+def enqueue_bulk(config: Config) -> dict[str, Any]:
+    def send_many(indices: range) -> None:
+        group(noop.s(**payload(BULK, i, config.jobs)) for i in indices).apply_async(
+            queue=common.BULK_QUEUE
+        )
+
+    return bulk_timed(send_many, config)
 
 
 def worker(config: Config) -> None:

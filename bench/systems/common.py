@@ -4,6 +4,10 @@ An adapter module runs inside its system's virtualenv as
 ``python -m bench.systems NAME COMMAND``, with the run's settings as JSON in
 ``$BENCH_CONFIG``. Commands:
 
+``enqueue_bulk``
+    send ``jobs`` no-op jobs of phase ``bulk`` to ``BULK_QUEUE`` through the
+    library's many-at-once call (no worker runs, none ever listens there);
+    report ``{"bulk_enqueue": rate}``. Only systems that have such a call.
 ``enqueue``
     send ``jobs`` no-op jobs of phase ``drain`` (no worker runs yet); report rates.
 ``worker``
@@ -32,6 +36,9 @@ from typing import Any, Protocol
 
 #: the queue / channel / list name every system uses
 QUEUE = "bench"
+#: where ``enqueue_bulk`` sends: no worker listens on it, and the harness flushes it
+BULK_QUEUE = "bench-bulk"
+BULK = "bulk"
 DRAIN = "drain"
 LATENCY = "latency"
 #: how long the latency producer waits for one result before giving up
@@ -99,6 +106,22 @@ async def atimed(send: Callable[[int], Awaitable[object]], indices: Sequence[int
     return rate(len(indices) - 1, time.perf_counter() - began)
 
 
+def bulk_timed(send_many: Callable[[range], object], config: Config) -> dict[str, float | None]:
+    """``send_many(indices)`` sends those jobs in one many-at-once call; ``{"bulk_enqueue": rate}``.
+
+    As in :func:`timed`, the first call is made but not timed: job 0 goes
+    alone (connections, lazy imports). Jobs 1 to ``jobs`` - 1 then go in one
+    call, timed with the building of their messages, as the single-job rates
+    include building each job.
+    """
+    if config.jobs < 2:
+        return {"bulk_enqueue": None}
+    send_many(range(1))
+    began = time.perf_counter()
+    send_many(range(1, config.jobs))
+    return {"bulk_enqueue": rate(config.jobs - 1, time.perf_counter() - began)}
+
+
 def split(config: Config) -> tuple[range, range]:
     """The drain jobs sent through the sync path, and those sent through the main path."""
     sync = min(config.sync_jobs, config.jobs)
@@ -160,6 +183,7 @@ class Adapter(Protocol):
     PACKAGES: Sequence[str]
 
     def enqueue(self, config: Config) -> dict[str, Any]: ...
+    def enqueue_bulk(self, config: Config) -> dict[str, Any]: ...
     def worker(self, config: Config) -> None: ...
     def latency(self, config: Config) -> list[list[float]]: ...
 
@@ -172,7 +196,7 @@ def main(argv: Sequence[str]) -> None:
     ASGI_APPLICATION, Dramatiq's CLI) find the same module.
     """
     if len(argv) != 2:
-        sys.exit("usage: python -m bench.systems MODULE enqueue|worker|latency|inproc")
+        sys.exit("usage: python -m bench.systems MODULE enqueue|enqueue_bulk|worker|latency|inproc")
     name, command = argv
     module = importlib.import_module(f"bench.systems.{name}")
     if not hasattr(module, command):

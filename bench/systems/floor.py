@@ -1,7 +1,8 @@
 """The floor: a bare redis-py LPUSH / BRPOP loop, JSON bodies, a reply list per job.
 
 No acknowledgement, retries or records: what a queue costs before it does
-anything a queue is for.
+anything a queue is for. Its bulk figure is the pipelined floor: LPUSHes in a
+non-transactional pipeline executed every ``PIPELINE_CHUNK`` jobs.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import redis
 
 from bench import recorder
 from bench.systems.common import (
+    BULK,
+    BULK_QUEUE,
     DRAIN,
     LATENCY,
     QUEUE,
     RESULT_TIMEOUT,
     Config,
+    bulk_timed,
     payload,
     sequential,
     timed,
@@ -27,6 +31,8 @@ from bench.systems.common import (
 PACKAGES = ["redis", "hiredis"]
 #: BRPOP timeout: how often an idle worker looks at its stop flag
 POP_TIMEOUT = 1
+#: LPUSHes per pipeline execution in ``enqueue_bulk``
+PIPELINE_CHUNK = 1000
 
 
 def _client(config: Config) -> redis.Redis:
@@ -40,6 +46,20 @@ def enqueue(config: Config) -> dict[str, Any]:
         client.lpush(QUEUE, json.dumps(payload(DRAIN, index, config.jobs)))
 
     return {"enqueue": timed(send, range(config.jobs))}
+
+
+def enqueue_bulk(config: Config) -> dict[str, Any]:
+    client = _client(config)
+
+    def send_many(indices: range) -> None:
+        pipe = client.pipeline(transaction=False)
+        for count, index in enumerate(indices, 1):
+            pipe.lpush(BULK_QUEUE, json.dumps(payload(BULK, index, config.jobs)))
+            if count % PIPELINE_CHUNK == 0:
+                pipe.execute()
+        pipe.execute()  # the last partial chunk (a no-op when there is none)
+
+    return bulk_timed(send_many, config)
 
 
 def worker(config: Config) -> None:

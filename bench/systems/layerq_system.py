@@ -4,6 +4,11 @@ Variants (see layerq_project): ``sqlite`` and ``redis`` are the at-least-once
 layerq layers, results read with ``job.result()``; ``inmemory`` is basic mode
 on InMemoryChannelLayer, where producer and worker share one process and the
 outcome arrives as the ``layerq.job.succeeded`` group notification.
+
+Bulk: ``layerq.send_many(events, channel=BULK_QUEUE)``, the sync call a
+management command or view makes, with every event in one call (layerq
+chunks internally). For ``inmemory`` it runs in its own process like the
+others, so its jobs vanish with it and never share the drain's process.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.systems.layerq_project")
 from bench import recorder
 from bench.systems import common
 from bench.systems.common import (
+    BULK,
     DRAIN,
     LATENCY,
     RESULT_TIMEOUT,
     Config,
     asequential,
     atimed,
+    bulk_timed,
     payload,
     sequential,
     split,
@@ -50,6 +57,19 @@ def enqueue(config: Config) -> dict[str, Any]:
         return await atimed(lambda i: noop(**payload(DRAIN, i, config.jobs)).asend(), main_path)
 
     return {"enqueue": asyncio.run(send_rest()), "sync_send": sync_rate}
+
+
+def enqueue_bulk(config: Config) -> dict[str, Any]:
+    import layerq
+
+    noop = _app().Noop
+
+    def send_many(indices: range) -> None:
+        layerq.send_many(
+            [noop(**payload(BULK, i, config.jobs)) for i in indices], channel=common.BULK_QUEUE
+        )
+
+    return bulk_timed(send_many, config)
 
 
 def worker(config: Config) -> None:

@@ -1,4 +1,8 @@
-"""RQ: a SimpleWorker (no fork per job) on one queue; results via ``latest_result``."""
+"""RQ: a SimpleWorker (no fork per job) on one queue; results via ``latest_result``.
+
+Bulk: ``Queue.enqueue_many([Queue.prepare_data(...), ...])``, which saves and
+queues every job in one Redis pipeline.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,17 @@ from rq import Queue, SimpleWorker
 
 from bench.recorder import mark
 from bench.systems import common
-from bench.systems.common import DRAIN, LATENCY, RESULT_TIMEOUT, Config, payload, sequential, timed
+from bench.systems.common import (
+    BULK,
+    DRAIN,
+    LATENCY,
+    RESULT_TIMEOUT,
+    Config,
+    bulk_timed,
+    payload,
+    sequential,
+    timed,
+)
 
 PACKAGES = ["rq", "redis", "hiredis"]
 
@@ -18,8 +32,8 @@ def noop(phase: str, i: int, n: int) -> float:
     return mark(phase, i, n)
 
 
-def _queue(config: Config) -> Queue:
-    return Queue(common.QUEUE, connection=Redis.from_url(config.redis_url))
+def _queue(config: Config, name: str = common.QUEUE) -> Queue:
+    return Queue(name, connection=Redis.from_url(config.redis_url))
 
 
 def enqueue(config: Config) -> dict[str, Any]:
@@ -29,6 +43,17 @@ def enqueue(config: Config) -> dict[str, Any]:
         queue.enqueue(noop, **payload(DRAIN, index, config.jobs))
 
     return {"enqueue": timed(send, range(config.jobs))}
+
+
+def enqueue_bulk(config: Config) -> dict[str, Any]:
+    queue = _queue(config, common.BULK_QUEUE)
+
+    def send_many(indices: range) -> None:
+        queue.enqueue_many(
+            [Queue.prepare_data(noop, kwargs=payload(BULK, i, config.jobs)) for i in indices]
+        )
+
+    return bulk_timed(send_many, config)
 
 
 def worker(config: Config) -> None:
