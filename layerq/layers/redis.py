@@ -243,11 +243,13 @@ class RedisChannelLayer(RedisBase):
         loop = asyncio.get_running_loop()
         end = loop.time() + wait
         failures = 0
-        block = 0.0  # one channel: the next take first blocks this long, same pipeline
+        # One channel: the next take first blocks this long, same pipeline.
+        block, room = self._first_block(state, names, limit, end)
         while True:
             try:
                 blocked, block = block, 0.0
-                deliveries, next_due = await self._claim_once(state, names, limit, lease, blocked)
+                deliveries, next_due = await self._claim_once(state, names, room, lease, blocked)
+                room = limit
                 failures = 0
                 if deliveries or (loop.time() >= end and not blocked):
                     return deliveries
@@ -266,6 +268,26 @@ class RedisChannelLayer(RedisBase):
                 if loop.time() >= end:
                     raise
                 await asyncio.sleep(min(0.05 * 2**failures, 1.0, end - loop.time()))
+
+    def _first_block(
+        self, state: waits.LoopState, names: list[str], limit: int, end: float
+    ) -> tuple[float, int]:
+        """How long a claim's first take blocks (0: a plain take), and for how many.
+
+        An idle worker's claim would otherwise run the take script once for
+        nothing before it blocks. When the last take of its one channel left
+        nothing ready, it blocks at once, on a connection of the blocking pool.
+        That connection may reach Redis ahead of settles still in flight on
+        the main one (see settles_precede_claims), whose leases Redis still
+        counts: the take asks for that many fewer.
+        """
+        if len(names) != 1 or names[0] not in state.drained:
+            return 0.0, limit
+        room = limit - state.settling.get(self._base(names[0])[1], 0)
+        left = end - asyncio.get_running_loop().time()
+        if room <= 0 or left <= 0:
+            return 0.0, limit
+        return max(0.001, waits.block_for(state.next_due.get(names[0]), min(BLOCK_MAX, left))), room
 
     async def _claim_once(
         self, state: waits.LoopState, names: list[str], limit: int, lease: float, block: float
@@ -294,6 +316,11 @@ class RedisChannelLayer(RedisBase):
                     pool=state.pools[index] if block > 0 else None,
                     block=block,
                 )
+            if len(rows) < limit - len(deliveries):
+                state.drained.add(name)  # the take emptied the ready list
+            else:
+                state.drained.discard(name)
+            state.next_due[name] = due
             deliveries += self._deliveries(name, rows)
             if due is not None and (next_due is None or due < next_due):
                 next_due = due
@@ -316,20 +343,25 @@ class RedisChannelLayer(RedisBase):
         with retries.
         """
         index, base = self._base(delivery.channel)
-        pipe, script = self._state().pipes[index], self._scripts["settle"]
-        future = pipe.merge(script, base, group, tail)
-        if future is not None:
-            try:
-                done = await future
-            except RedisConnectionError:
-                done = None
-            if isinstance(done, int):
-                return bool(done)
-        with transport_errors(what):
-            ((done,), *_) = await pipe.call(
-                [("EVALSHA", script, [base], [len(group), *group]), *tail]
-            )
-        return bool(done)
+        state = self._state()
+        pipe, script = state.pipes[index], self._scripts["settle"]
+        state.settling[base] = state.settling.get(base, 0) + 1  # see _first_block
+        try:
+            future = pipe.merge(script, base, group, tail)
+            if future is not None:
+                try:
+                    done = await future
+                except RedisConnectionError:
+                    done = None
+                if isinstance(done, int):
+                    return bool(done)
+            with transport_errors(what):
+                ((done,), *_) = await pipe.call(
+                    [("EVALSHA", script, [base], [len(group), *group]), *tail]
+                )
+            return bool(done)
+        finally:
+            state.settling[base] -= 1
 
     async def extend(self, deliveries: Sequence[Delivery], lease: float) -> None:
         """Push the leases of ``deliveries`` to now + ``lease``."""

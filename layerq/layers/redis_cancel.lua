@@ -2,7 +2,7 @@
 --
 -- KEYS[1]  base "{prefix:channel}"; touches base..":msg", ":lease", ":ready",
 --          ":delay", ":exp", ":att", ":rel", ":recl", ":job:"..id, ":done:"..id
---          (the final record for waiters, when redis_watch.lua marked it)
+--          (a wake-up token for waiters, when redis_watch.lua marked it)
 --          (The layer gives the job's locator, in another slot, the record's TTL
 --          once this returns 1.)
 -- ARGV[1]  job id (= message id)
@@ -25,21 +25,13 @@ redis.call('HDEL', base .. ':att', id)
 redis.call('HDEL', base .. ':rel', id)
 redis.call('SREM', base .. ':recl', id)
 local record = base .. ':job:' .. id
--- As in redis_settle.lua: length-prefixed field/value pairs, binary-safe.
-local function packed(key)
-  local parts = {}
-  for i, value in ipairs(redis.call('HGETALL', key)) do
-    parts[i] = struct.pack('>I4', #value) .. value
-  end
-  return table.concat(parts)
-end
 if redis.call('EXISTS', record) == 1 then
   redis.call('HSET', record, 'status', 'cancelled', 'finished_at', ARGV[2],
     'expires_at', ARGV[2] + ARGV[3] / 1000)
   redis.call('PEXPIRE', record, ARGV[3])
   if redis.call('HDEL', record, 'watch') == 1 then
     local done = base .. ':done:' .. id
-    redis.call('RPUSH', done, packed(record))
+    redis.call('RPUSH', done, '1')
     redis.call('PEXPIRE', done, 10000)
   end
 end

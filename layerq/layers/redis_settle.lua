@@ -9,8 +9,7 @@
 --          payload), ":deadinfo" (HASH id -> msgpack [reason, failed_at, job_id]),
 --          ":deadq" (ZSET id -> failed_at), ":job:"..id (the job record; its
 --          expires_at field mirrors the Redis TTL on layerq's clock, for tests),
---          ":done:"..id (LIST: the final record for waiters, when it is watched;
---          length-prefixed field/value pairs)
+--          ":done:"..id (LIST: a wake-up token for waiters, when it is watched)
 --          (The job's locator, in another slot, is given the record's TTL by a
 --          PEXPIRE the layer pipelines after ack and dead.)
 -- A group's fields (numbered from 1 after its length):
@@ -37,23 +36,13 @@ local function wake()  -- as in redis_enqueue.lua
   end
 end
 
--- The record's field/value pairs, each a 4-byte big-endian length and its
--- bytes: binary-safe, unlike cmsgpack, which tags every string as UTF-8 text.
-local function packed(key)
-  local parts = {}
-  for i, value in ipairs(redis.call('HGETALL', key)) do
-    parts[i] = struct.pack('>I4', #value) .. value
-  end
-  return table.concat(parts)
-end
-
--- A waiter (redis_watch.lua) marked the record: leave it the final record
--- (packed as above), which wakes every waiter (they rotate it,
--- BLMOVE) and spares each a read; gone by itself after a few seconds.
+-- A waiter (redis_watch.lua) marked the record: leave a token on its done list,
+-- which wakes every waiter (they rotate it, BLMOVE), each then reading the
+-- record in the same round trip; gone by itself after a few seconds.
 local function done(record, id)
   if redis.call('HDEL', record, 'watch') == 1 then
     local key = base .. ':done:' .. id
-    redis.call('RPUSH', key, packed(record))
+    redis.call('RPUSH', key, '1')
     redis.call('PEXPIRE', key, 10000)
   end
 end

@@ -15,7 +15,6 @@ come back with the wake-up, in one hop instead of two.
 from __future__ import annotations
 
 import asyncio
-import struct
 import time
 import types
 import weakref
@@ -72,6 +71,11 @@ class LoopState:
         self.local: dict[str, LocalBox] = {}
         self.background: set[asyncio.Task[Any]] = set()
         self.rotation = 0
+        #: channels whose last take left nothing ready, and their next due times
+        self.drained: set[str] = set()
+        self.next_due: dict[str, float | None] = {}
+        #: settles in flight, by channel base
+        self.settling: dict[str, int] = {}
 
     def spawn(self, coroutine: Awaitable[Any]) -> None:
         """Run ``coroutine`` in the background, kept referenced until it ends."""
@@ -175,27 +179,23 @@ async def wait_record(
 ) -> JobRecord | None:
     """The record once terminal (or as it is after ``timeout`` s); None without one.
 
-    Each read marks the record watched (redis_watch.lua), so the job's end
-    pushes the final record to ``done``; BLMOVE-ing it back onto its own list
-    wakes every waiter, not only the first, and hands each the record without
-    another read. Blocking is in chunks of at most BLOCK_MAX, and every chunk
-    ends with a fresh read, so even a push that expired unseen costs at most
-    one chunk.
+    One round trip a wait: the watch script marks the record watched (so the
+    job's end pushes a token to ``done``), a BLMOVE of ``done`` onto itself
+    blocks until that token comes (and leaves it for every other waiter), and
+    an HGETALL behind it reads the record as it then is. Blocking is in
+    chunks of at most BLOCK_MAX, each ending with that read.
     """
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
-    call: Call = ("EVALSHA", script, [record, done], [])
     async with pool.pipe() as pipe:
         while True:
-            (raw,) = await pipe.call([call])
-            found, left = _watched(raw, deadline, loop.time())
+            left = _left(deadline, loop.time())
             if left <= 0:
-                return found
-            (pushed,) = await pipe.call(
-                [("BLMOVE", done, done, "RIGHT", "LEFT", _block_seconds(left))]
-            )
-            found = _pushed(pushed)
-            if found is not None:
+                (raw,) = await pipe.call([("HGETALL", record)])
+                return _record(raw)
+            *_, raw = await pipe.call(_wait_calls(script, record, done, left))
+            found = _record(raw)
+            if found is None or found.status.is_terminal or _left(deadline, loop.time()) <= 0:
                 return found
 
 
@@ -204,53 +204,32 @@ def wait_record_sync(
 ) -> JobRecord | None:
     """:func:`wait_record` from sync code."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    call: Call = ("EVALSHA", script, [record, done], [])
     while True:
-        (raw,) = pipe.call([call])
-        found, left = _watched(raw, deadline, time.monotonic())
+        left = _left(deadline, time.monotonic())
         if left <= 0:
+            (raw,) = pipe.call([("HGETALL", record)])
+            return _record(raw)
+        *_, raw = pipe.call(_wait_calls(script, record, done, left))
+        found = _record(raw)
+        if found is None or found.status.is_terminal or _left(deadline, time.monotonic()) <= 0:
             return found
-        (pushed,) = pipe.call([("BLMOVE", done, done, "RIGHT", "LEFT", _block_seconds(left))])
-        found = _pushed(pushed)
-        if found is not None:
-            return found
 
 
-def _watched(raw: list[Any], deadline: float | None, now: float) -> tuple[JobRecord | None, float]:
-    """The record the watch script read, and how long to block for its end next.
+def _left(deadline: float | None, now: float) -> float:
+    """How long the next chunk of a wait blocks; 0 (or less) once the deadline passed."""
+    return BLOCK_MAX if deadline is None else min(BLOCK_MAX, deadline - now)
 
-    0 (or less): no block; the record is the answer (missing, terminal, or
-    the deadline has passed).
-    """
-    found = _record(raw)
-    if found is None or found.status.is_terminal:
-        return found, 0.0
-    return found, BLOCK_MAX if deadline is None else min(BLOCK_MAX, deadline - now)
+
+def _wait_calls(script: Script, record: str, done: str, left: float) -> list[Call]:
+    return [
+        ("EVALSHA", script, [record, done], []),
+        ("BLMOVE", done, done, "RIGHT", "LEFT", _block_seconds(left)),
+        ("HGETALL", record),
+    ]
 
 
 def _record(raw: list[Any]) -> JobRecord | None:
     return decode_record(pairs(raw))
-
-
-def _pushed(raw: bytes | None) -> JobRecord | None:
-    """The terminal record pushed to a done list; None for no (or no usable) push.
-
-    The scripts pack it as field/value strings, each a 4-byte big-endian
-    length and its bytes.
-    """
-    if not raw:
-        return None
-    parts: list[bytes] = []
-    at = 0
-    try:
-        while at < len(raw):
-            (size,) = struct.unpack_from(">I", raw, at)
-            parts.append(raw[at + 4 : at + 4 + size])
-            at += 4 + size
-        found = _record(parts)
-    except (ValueError, TypeError, struct.error):
-        return None  # not ours to understand: the next read decides
-    return found if found is not None and found.status.is_terminal else None
 
 
 def _block_seconds(left: float) -> float:

@@ -1,28 +1,26 @@
--- Read a job record for a waiter; unless it is terminal, ask to be told when it is.
+-- Mark a job record watched for a waiter, who pipelines behind this call
+--   BLMOVE done done RIGHT LEFT <seconds>   (returns when the job ends)
+--   HGETALL record                          (the record as it is then)
+-- so a whole wait is one round trip.
 --
 -- KEYS[1]  the job record ("{prefix:channel}:job:<id>")
 -- KEYS[2]  its done list ("{prefix:channel}:done:<id>"), where redis_settle.lua and
---          redis_cancel.lua push the final record (length-prefixed pairs) when a
---          watched job ends
--- Returns the record's field/value pairs (HGETALL; empty when there is none).
+--          redis_cancel.lua push a token when a watched job ends; waiters rotate
+--          it (BLMOVE onto the same list), so every one of them wakes
+-- Returns nothing: the HGETALL behind it is the answer.
 --
 -- Reading and marking are one step, so a job cannot end between them unseen:
--- either this read sees it terminal, or its end sees the mark and pushes.
-local raw = redis.call('HGETALL', KEYS[1])
-if #raw == 0 then
-  return raw
-end
-local status
-for i = 1, #raw, 2 do
-  if raw[i] == 'status' then
-    status = raw[i + 1]
-    break
-  end
-end
-if status ~= 'succeeded' and status ~= 'failed' and status ~= 'cancelled' then
+-- either this read sees it over, or its end sees the mark and pushes.
+local status = redis.call('HGET', KEYS[1], 'status')
+if status and status ~= 'succeeded' and status ~= 'failed' and status ~= 'cancelled' then
   redis.call('HSET', KEYS[1], 'watch', '1')
-  -- The job is not over, so a record still here is from an earlier end (a
-  -- requeued dead letter): it would hand waiters an outcome since undone.
+  -- The job is not over, so a token still here is from an earlier end (a
+  -- requeued dead letter): it would wake waiters for an outcome since undone.
   redis.call('DEL', KEYS[2])
+  return
 end
-return raw
+-- Over, or no record at all: a token lets the BLMOVE behind return at once.
+if redis.call('LLEN', KEYS[2]) == 0 then
+  redis.call('RPUSH', KEYS[2], '1')
+  redis.call('PEXPIRE', KEYS[2], 10000)
+end

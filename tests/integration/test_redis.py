@@ -433,3 +433,46 @@ async def test_merged_settles_fall_back_to_their_own_calls_when_the_script_is_go
     assert outcomes == [True, True, True]
     found = [await redis_layer.get_record(str(d.job_id)) for d in deliveries]
     assert [r.status for r in found if r is not None] == [JobStatus.SUCCEEDED] * 3
+
+
+async def test_an_idle_claim_blocks_at_once_asking_for_fewer_while_settles_are_in_flight(
+    redis_layer: RedisChannelLayer,
+) -> None:
+    """After a take that left nothing ready, the next claim blocks without a first take.
+
+    It goes on another connection than the settles, so it asks for as many
+    fewer messages as settles are still unanswered: Redis counts their leases.
+    """
+    for _ in range(2):
+        message, record = job("q")
+        await redis_layer.enqueue("q", message, record)
+    first, second = await redis_layer.claim(["q"], 8, 30, 0)  # 2 of 8: nothing left
+    for _ in range(3):
+        message, record = job("q")
+        await redis_layer.enqueue("q", message, record)
+    acking = asyncio.create_task(redis_layer.ack(first, "ok", 60))
+    await asyncio.sleep(0)  # the ack is written, its answer not yet read
+    claimed = await redis_layer.claim(["q"], 2, 30, 1)
+    assert len(claimed) == 1  # 2 slots, less the settle in flight
+    assert await acking
+    assert len(await redis_layer.claim(["q"], 8, 30, 0)) == 2
+    assert await redis_layer.ack(second, "ok", 60)
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+@pytest.mark.django_db(transaction=True)
+async def test_an_idle_worker_runs_one_take_script_a_job(
+    layer_settings: dict[str, Any], redis_server: RedisServer
+) -> None:
+    """Jobs one at a time: enqueue, take, settle and the result watch are each one EVALSHA.
+
+    An idle worker's claim blocks at once instead of running the take script
+    for nothing first (which would make five).
+    """
+    async with running_worker(["math"]):
+        await (await Add(a=0, b=0).asend()).aresult(timeout=10)
+        before = script_calls(redis_server)
+        for index in range(20):
+            assert await (await Add(a=index, b=1).asend()).aresult(timeout=10) == index + 1
+        calls = script_calls(redis_server) - before
+    assert calls <= 4 * 20 + 2  # a blocking take that timed out may add one
