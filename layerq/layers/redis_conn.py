@@ -41,7 +41,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import hiredis
@@ -236,27 +236,36 @@ def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
 # --- asyncio --------------------------------------------------------------------------
 
 
+#: Given the replies of a call whose caller gave up (its future was cancelled)
+#: once they come, or None when the connection failed first.
+Late = Callable[[list[Any] | None], None]
+
+
 class _Pending:
     """Replies awaited for one write: of a plain call, or of a merged script call."""
 
-    __slots__ = ("future", "left", "members", "replies")
+    __slots__ = ("future", "late", "left", "members", "replies")
 
     def __init__(
         self,
         future: asyncio.Future[list[Any]] | None,
         count: int,
         members: list[asyncio.Future[Any]] | None = None,
+        late: Late | None = None,
     ) -> None:
         self.future = future
         self.left = count
         self.replies: list[Any] = []
         self.members = members
+        self.late = late
 
     def resolve(self) -> None:
         if self.members is None:
             assert self.future is not None
-            if not self.future.done():  # its caller may have given up
+            if not self.future.done():
                 self.future.set_result(self.replies)
+            elif self.late is not None and self.future.cancelled():
+                self.late(self.replies)  # its caller gave up: they may still matter
             return
         # A merged call: each member gets its own item of the script's reply
         # (or the error reply they share).
@@ -274,6 +283,8 @@ class _Pending:
         for future in self.members if self.members is not None else (self.future,):
             if future is not None and not future.done():
                 future.set_exception(error)
+        if self.late is not None and self.future is not None and self.future.cancelled():
+            self.late(None)
 
 
 class _Merged:
@@ -324,10 +335,10 @@ class _Protocol(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
-    def send(self, data: bytes, count: int) -> asyncio.Future[list[Any]]:
+    def send(self, data: bytes, count: int, late: Late | None = None) -> asyncio.Future[list[Any]]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue(loop, data, _Pending(future, count))
+        self._queue(loop, data, _Pending(future, count, late=late))
         return future
 
     def merge(
@@ -444,15 +455,18 @@ class AsyncPipe:
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
 
-    def submit(self, calls: Sequence[Call]) -> asyncio.Future[list[Any]] | None:
+    def submit(
+        self, calls: Sequence[Call], late: Late | None = None
+    ) -> asyncio.Future[list[Any]] | None:
         """Queue ``calls`` on the open connection: a future of their raw replies.
 
         No task, no retry, errors as values (see :func:`check`); None when no
         connection is open (:meth:`call` opens one). For the hot path of a
         worker, where :meth:`call`'s coroutine would be one more task.
+        ``late`` gets the replies if the future was cancelled before they came.
         """
         protocol = self._open_protocol()
-        return None if protocol is None else protocol.send(pack(calls), len(calls))
+        return None if protocol is None else protocol.send(pack(calls), len(calls), late)
 
     def merge(
         self, script: Script, key: str, group: Sequence[Any], tail: Sequence[Call] = ()

@@ -27,7 +27,16 @@ from redis.exceptions import NoScriptError
 from .. import clock
 from ..jobs import JobRecord
 from .redis_codec import LOCAL_CHANNEL_KEY, decode_message, decode_record, number, pairs
-from .redis_conn import BLOCK_MAX, AsyncPipe, BlockingPool, Call, SyncPipe, Target, check
+from .redis_conn import (
+    BLOCK_MAX,
+    AsyncPipe,
+    BlockingPool,
+    Call,
+    Late,
+    SyncPipe,
+    Target,
+    check,
+)
 from .redis_keys import Script
 
 #: (id, payload, attempt, token, reclaimed), one per message, from redis_claim.lua
@@ -109,15 +118,30 @@ async def take(
     # leases may be seen up to ``block`` late (never early); the caller's next
     # take sees them.
     call: Call = ("EVALSHA", script, [base], [number(now), limit, deadline])
-    future = _submit(pipe, call, pool, base, block)
+    landed: asyncio.Future[None] | None = None
+
+    def late(replies: list[Any] | None) -> None:
+        # Its caller gave up before the replies came (None: they never will).
+        if replies is not None:
+            _adopt(replies, orphan)
+        if landed is not None and not landed.done():
+            landed.set_result(None)
+
+    future, queued = _submit(pipe, call, pool, base, block, late)
     try:
-        replies = await asyncio.shield(future)
+        # A call queued on an open connection is awaited as it is: cancelling
+        # it hands its replies to late(). A connecting task is shielded.
+        replies = await (future if queued else asyncio.shield(future))
     except asyncio.CancelledError:
         # The script may have run already; its messages must not vanish.
-        future.add_done_callback(lambda done: _adopt(done, orphan))
+        if not future.cancelled():
+            future.add_done_callback(lambda done: _adopt_done(done, orphan))
+            waiting: asyncio.Future[Any] = future
+        else:
+            waiting = landed = asyncio.get_running_loop().create_future()
         if orphaned is not None:
-            orphaned.add(future)
-            future.add_done_callback(orphaned.discard)
+            orphaned.add(waiting)
+            waiting.add_done_callback(orphaned.discard)
         raise
     try:
         raw_due, rows = check(replies)[-1]
@@ -127,21 +151,28 @@ async def take(
 
 
 def _submit(
-    pipe: AsyncPipe, call: Call, pool: BlockingPool | None, base: str, block: float
-) -> asyncio.Future[list[Any]]:
-    """The take's replies, coming: queued on an open connection (no task) when
-    there is one, else by a task that connects (and retries) first."""
+    pipe: AsyncPipe,
+    call: Call,
+    pool: BlockingPool | None,
+    base: str,
+    block: float,
+    late: Late,
+) -> tuple[asyncio.Future[list[Any]], bool]:
+    """The take's replies, coming, and whether they were queued on an open
+    connection (no task); else a task connects (and retries) first."""
     if pool is None:
-        future = pipe.submit([call])
-        return future if future is not None else asyncio.ensure_future(pipe.call([call]))
+        future = pipe.submit([call], late)
+        if future is None:
+            return asyncio.ensure_future(pipe.call([call])), False
+        return future, True
     calls = [("BLPOP", f"{base}:wake", _block_seconds(block)), call]
     blocking = pool.acquire()
-    future = blocking.submit(calls)
+    future = blocking.submit(calls, late)
     if future is None:
         pool.release(blocking)
-        return asyncio.ensure_future(pool.call(calls))
+        return asyncio.ensure_future(pool.call(calls)), False
     future.add_done_callback(lambda _: pool.release(blocking))
-    return future
+    return future, True
 
 
 async def block(
@@ -314,10 +345,14 @@ def close_with_loop(
     loop.close = types.MethodType(close, loop)  # type: ignore[method-assign]
 
 
-def _adopt(task: asyncio.Future[list[Any]], orphan: Orphan) -> None:
-    if task.cancelled() or task.exception() is not None:
-        return
-    reply = task.result()[-1]
+def _adopt_done(done: asyncio.Future[list[Any]], orphan: Orphan) -> None:
+    if not done.cancelled() and done.exception() is None:
+        _adopt(done.result(), orphan)
+
+
+def _adopt(replies: list[Any], orphan: Orphan) -> None:
+    """Hand the rows a take's ``replies`` carry to ``orphan`` (none for an error)."""
+    reply = replies[-1]
     if isinstance(reply, list) and reply[1]:  # not an error: taken rows
         orphan(reply[1])
 

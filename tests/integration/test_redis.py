@@ -476,3 +476,28 @@ async def test_an_idle_worker_runs_one_take_script_a_job(
             assert await (await Add(a=index, b=1).asend()).aresult(timeout=10) == index + 1
         calls = script_calls(redis_server) - before
     assert calls <= 4 * 20 + 2  # a blocking take that timed out may add one
+
+
+async def test_a_take_cancelled_in_flight_hands_its_message_on(
+    redis_layer: RedisChannelLayer,
+) -> None:
+    """Cancelled after its take was written, a claim releases what Redis leased it,
+    and a receive leaves its message to the next receive."""
+    message, record = job("q")
+    await redis_layer.enqueue("q", message, record)
+    claiming = asyncio.create_task(redis_layer.claim(["q"], 1, 30, 0))
+    await asyncio.sleep(0)  # the take is written, its reply not yet read
+    claiming.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await claiming
+    [delivery] = await redis_layer.claim(["q"], 1, 30, 2)
+    assert delivery.job_id == record.id
+    assert delivery.attempt == 1  # released unrun: the attempt does not count
+
+    await redis_layer.send("r", {"type": "t", "n": 1})
+    receiving = asyncio.create_task(redis_layer.receive("r"))
+    await asyncio.sleep(0)
+    receiving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await receiving
+    assert (await receive(redis_layer, "r"))["n"] == 1
