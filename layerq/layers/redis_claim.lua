@@ -25,24 +25,33 @@ local rel = base .. ':rel'
 local recl = base .. ':recl'
 local exp = base .. ':exp'
 
+-- The head (earliest) of a sorted set: its member's score as Redis wrote it, and
+-- as a number; nil when empty.
+local function head(key)
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if #first == 0 then
+    return nil, nil
+  end
+  return first[2], tonumber(first[2])
+end
+
 -- Due delayed messages join the tail, in due order.
-local due = redis.call('ZRANGEBYSCORE', delay, '-inf', now, 'LIMIT', 0, 1000)
-if #due > 0 then
+local delay_at, delay_n = head(delay)
+if delay_n and delay_n <= now then
+  local due = redis.call('ZRANGEBYSCORE', delay, '-inf', now, 'LIMIT', 0, 1000)
   redis.call('ZREM', delay, unpack(due))
   redis.call('RPUSH', ready, unpack(due))
+  delay_at, delay_n = head(delay)
 end
 -- Expired leases (their worker died or stalled) go to the head: they waited longest.
-local lost = redis.call('ZRANGEBYSCORE', lease, '-inf', now, 'LIMIT', 0, 1000)
-if #lost > 0 then
+local lease_at, lease_n = head(lease)
+if lease_n and lease_n <= now then
+  local lost = redis.call('ZRANGEBYSCORE', lease, '-inf', now, 'LIMIT', 0, 1000)
   redis.call('ZREM', lease, unpack(lost))
   redis.call('LPUSH', ready, unpack(lost))
   redis.call('SADD', recl, unpack(lost))
+  lease_at, lease_n = head(lease)
 end
-
--- Look-ups that only matter when the structure is non-empty are skipped otherwise.
-local check_exp = redis.call('ZCARD', exp) > 0
-local check_rel = redis.call('HLEN', rel) > 0
-local check_recl = redis.call('SCARD', recl) > 0
 
 local counts = base .. ':local'
 local function uncount(id)
@@ -54,10 +63,22 @@ end
 
 local out = {}
 local taken = 0
+local emptied = false  -- the ready list was popped empty
+local checked = false
+local check_exp, check_rel, check_recl
 while taken < limit do
-  local ids = redis.call('LPOP', ready, limit - taken)
+  local want = limit - taken
+  local ids = redis.call('LPOP', ready, want)
   if not ids then
+    emptied = true
     break
+  end
+  if not checked then
+    -- Look-ups that only matter when the structure is non-empty are skipped otherwise.
+    check_exp = redis.call('ZCARD', exp) > 0
+    check_rel = redis.call('HLEN', rel) > 0
+    check_recl = redis.call('SCARD', recl) > 0
+    checked = true
   end
   for _, id in ipairs(ids) do
     local payload = redis.call('HGET', msg, id)
@@ -102,17 +123,21 @@ while taken < limit do
       end
     end
   end
+  if #ids < want then
+    emptied = true
+    break
+  end
 end
 
-local next_due = ''
-local first = redis.call('ZRANGE', delay, 0, 0, 'WITHSCORES')
-if #first > 0 then next_due = first[2] end
-first = redis.call('ZRANGE', lease, 0, 0, 'WITHSCORES')
-if #first > 0 and (next_due == '' or tonumber(first[2]) < tonumber(next_due)) then
-  next_due = first[2]
+-- When to look again: the earliest delayed message or lease, ours included.
+if deadline > 0 and taken > 0 and (not lease_n or deadline < lease_n) then
+  lease_at, lease_n = ARGV[3], deadline
 end
+local next_due = ''
+if delay_n then next_due = delay_at end
+if lease_n and (not delay_n or lease_n < delay_n) then next_due = lease_at end
 local wake = base .. ':wake'
-if redis.call('LLEN', ready) == 0 then
+if emptied or redis.call('LLEN', ready) == 0 then
   -- Nothing is ready: tokens left now would only cause empty wake-ups.
   redis.call('DEL', wake)
 elseif redis.call('LLEN', wake) == 0 then

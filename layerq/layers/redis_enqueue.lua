@@ -28,20 +28,22 @@ local id = ARGV[1]
 local meta = cmsgpack.unpack(ARGV[3])
 local now = tonumber(meta[1])
 
-if redis.call('HEXISTS', msg, id) == 1 then
+-- Stored at once (HSETNX: a retried send finds its message there), taken back
+-- below if the channel was already full.
+if redis.call('HSETNX', msg, id, ARGV[2]) == 0 then
   return 2
 end
 
 local capacity = tonumber(meta[4])
 local suffix = meta[5]
 local counts = base .. ':local'
-local function stored()
+local function others()  -- messages stored besides this one
   if suffix ~= '' then
     return tonumber(redis.call('HGET', counts, suffix) or '0')
   end
-  return redis.call('HLEN', msg)
+  return redis.call('HLEN', msg) - 1
 end
-if stored() >= capacity then
+if others() >= capacity then
   -- Expired plain messages still count until something removes them; drop a
   -- bounded number before refusing, so a dead channel does not stay full.
   local gone = redis.call('ZRANGEBYSCORE', exp, '-inf', now, 'LIMIT', 0, 100)
@@ -54,12 +56,12 @@ if stored() >= capacity then
       redis.call('HDEL', counts, owner)
     end
   end
-  if stored() >= capacity then
+  if others() >= capacity then
+    redis.call('HDEL', msg, id)
     return 0
   end
 end
 
-redis.call('HSET', msg, id, ARGV[2])
 if suffix ~= '' then
   redis.call('HINCRBY', counts, suffix, 1)
 end

@@ -5,7 +5,7 @@
 -- Only the holder of the current lease may: a stale token changes nothing.
 --
 -- KEYS[1]  base "{prefix:channel}"; touches base..":lease", ":att", ":rel",
---          ":recl", ":msg", ":ready", ":delay", ":wake", ":dead" (HASH id ->
+--          ":msg", ":ready", ":delay", ":wake", ":dead" (HASH id ->
 --          payload), ":deadinfo" (HASH id -> msgpack [reason, failed_at, job_id]),
 --          ":deadq" (ZSET id -> failed_at), ":job:"..id (the job record; its
 --          expires_at field mirrors the Redis TTL on layerq's clock, for tests),
@@ -60,7 +60,8 @@ local function settle(A)
   local record = base .. ':job:' .. id
   local has_record = redis.call('EXISTS', record) == 1
   redis.call('ZREM', lease, id)
-  redis.call('SREM', base .. ':recl', id)
+  -- (Not in ":recl": a claim takes an id out of it as it leases it, and puts
+  -- it back only once the lease has expired, when the ZSCORE above fails.)
 
   if op == 'ack' then
     redis.call('HDEL', base .. ':msg', id)
@@ -69,7 +70,11 @@ local function settle(A)
     if has_record then
       redis.call('HSET', record, 'status', 'succeeded', 'finished_at', A[4], 'result', A[6],
         'progress', '1.0', 'expires_at', A[4] + A[5] / 1000)
-      redis.call('HDEL', record, 'error_type', 'error_message')
+      if A[3] ~= '1' then
+        -- An earlier delivery may have left its error (tokens never repeat,
+        -- and requeued dead letters start without one).
+        redis.call('HDEL', record, 'error_type', 'error_message')
+      end
       redis.call('PEXPIRE', record, A[5])
       done(record, id)
     end
