@@ -12,12 +12,36 @@ import atexit
 import logging
 import sys
 import threading
-from typing import TextIO
+import time
+from collections.abc import MutableMapping
+from typing import Any, TextIO
 
 import msgspec
 import structlog
 
 _encoder = msgspec.json.Encoder(enc_hook=str)
+
+
+class _Stamper:
+    """structlog processor: ``timestamp`` as ISO 8601 UTC, e.g. 2026-11-30T18:26:00.123456Z.
+
+    What ``TimeStamper(fmt="iso", utc=True)`` writes, for a fraction of its
+    cost (it builds a datetime a line): the date and time are formatted once
+    a second.
+    """
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, logger: object, name: str, event: MutableMapping[str, Any]) -> Any:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        event["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        return event
 
 
 def _dumps(event: object, **kwargs: object) -> str:
@@ -101,7 +125,7 @@ def configure(level: str = "INFO", json: bool | None = None) -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _Stamper(),
             structlog.processors.format_exc_info if as_json else structlog.dev.set_exc_info,
             renderer,
         ],

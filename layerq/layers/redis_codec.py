@@ -10,7 +10,7 @@ import msgspec
 
 from .. import clock
 from ..events import ENVELOPE_KEY, check_plain
-from ..jobs import JobRecord, JobStatus
+from ..jobs import JobRecord
 from .base import DeadLetter, Delivery
 
 #: where a message for a process-local channel carries its full channel name
@@ -20,8 +20,7 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
 _dict_decoder = msgspec.msgpack.Decoder(dict[str, Any])
 
-_INT_FIELDS = frozenset({"attempt", "max_attempts"})
-_FLOAT_FIELDS = frozenset({"enqueued_at", "started_at", "finished_at", "progress"})
+_NO_RESULT = object()
 _RECORD_FIELDS = JobRecord.__struct_fields__
 
 
@@ -109,27 +108,28 @@ def decode_record(raw: Mapping[Any, Any]) -> JobRecord | None:
     """The JobRecord stored as hash fields; None for an empty (missing) hash."""
     if not raw:
         return None
-    fields: dict[str, Any] = {}
+    fields: dict[str, str] = {}
+    result: Any = _NO_RESULT
     for key, value in raw.items():
         name = text(key)
-        if name == "expires_at":
-            # Redis expires the hash on its own clock; this honours layerq's too.
-            if float(value) <= clock.now():
-                return None
-        elif name == "result":
-            fields[name] = decode_value(value)
-        elif name in _INT_FIELDS:
-            fields[name] = int(value)
-        elif name in _FLOAT_FIELDS:
-            fields[name] = float(value)
-        elif name in JobRecord.__struct_fields__:
+        if name == "result":
+            result = value
+        else:
             fields[name] = text(value)
+    expires = fields.pop("expires_at", None)
+    # Redis expires the hash on its own clock; this honours layerq's too.
+    if expires is not None and float(expires) <= clock.now():
+        return None
     if "id" not in fields or "status" not in fields:
         return None  # a half-written hash (e.g. progress on an expired record)
-    fields["status"] = JobStatus(fields["status"])
     fields.setdefault("type", "")
     fields.setdefault("channel", "")
-    return JobRecord(**fields)
+    # Not strict: numbers and the status are read from their strings; fields
+    # that are not the record's (the watch mark) are left out.
+    record = msgspec.convert(fields, type=JobRecord, strict=False)
+    if result is not _NO_RESULT:
+        record.result = decode_value(result)
+    return record
 
 
 def delivery(channel: str, row: list[Any]) -> Delivery:

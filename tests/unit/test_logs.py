@@ -87,3 +87,22 @@ def test_a_line_left_by_a_closed_loop_goes_out_with_the_next_loops_lines() -> No
     asyncio.run(next_loop())
     assert lines(file) == ["last words", "next"]
     assert file.writes == 1
+
+
+def test_timestamps_are_iso_utc_as_structlog_writes_them() -> None:
+    """The stamp matches structlog's TimeStamper(fmt="iso", utc=True) to the microsecond."""
+    import datetime
+    import time
+
+    from layerq.logs import _Stamper
+
+    stamper = _Stamper()
+    for _ in range(3):
+        before = datetime.datetime.now(tz=datetime.UTC)
+        stamp = stamper(None, "info", {})["timestamp"]
+        after = datetime.datetime.now(tz=datetime.UTC)
+        assert stamp.endswith("Z")
+        assert len(stamp) == len("2026-11-30T18:26:00.123456Z")
+        parsed = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        assert before - datetime.timedelta(microseconds=1) <= parsed <= after
+        time.sleep(0.6)  # into the next second, so the cached part is made again

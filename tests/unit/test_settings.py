@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
+
+import msgspec
 import pytest
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter
 from django.core.exceptions import ImproperlyConfigured
@@ -46,6 +49,16 @@ def test_signature_covers_fields_and_envelope() -> None:
     assert not signing.verify({**message, "a": 2}, signature)
     assert not signing.verify({**message, "layerq": {"id": "k", "enqueued": 1.0}}, signature)
     assert not signing.verify(message, None)
+
+
+def test_signature_is_hmac_sha256_of_the_canonical_json() -> None:
+    """The signature is the standard HMAC-SHA256 of the message (hex, truncated), for any key."""
+    message = {"type": "t", "b": [1, "x"], "a": {"z": 1}, "layerq": {"id": "j", "enqueued": 1.0}}
+    canonical = msgspec.json.Encoder(order="sorted").encode(message)
+    for secret in ("short", "k" * 200):
+        with override_settings(LAYERQ={"signing_key": secret}):
+            expected = hmac.digest(signing.signing_key(), canonical, "sha256")[:16].hex()
+            assert signing.sign(message) == expected
 
 
 def test_signing_key_follows_secret_key() -> None:
