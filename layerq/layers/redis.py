@@ -248,8 +248,10 @@ class RedisChannelLayer(RedisBase):
         while True:
             try:
                 blocked, block = block, 0.0
-                deliveries, next_due = await self._claim_once(state, names, room, lease, blocked)
-                room = limit
+                asked = room if blocked else limit
+                deliveries, next_due = await self._claim_once(state, names, asked, lease, blocked)
+                if not blocked:
+                    room = limit  # that take went behind every settle on its connection
                 failures = 0
                 if deliveries or (loop.time() >= end and not blocked):
                     return deliveries
