@@ -52,7 +52,7 @@ class RedisChannelLayer(RedisBase):
         self.require_valid_channel_name(channel)
         call = self._store_call(channel, message, clock.now())
         with transport_errors("send"):
-            (stored,) = await self._pipe(self._base(channel)[0]).call([call])
+            ((stored,),) = await self._pipe(self._base(channel)[0]).call([call])
         if stored == 0:
             raise QueueFull(f"channel {channel!r} is at capacity")
 
@@ -548,10 +548,10 @@ def _chunks(batch: Sequence[Queued]) -> Iterator[Sequence[Queued]]:
 
 
 def _stored(replies: list[Any]) -> list[bool]:
-    """The enqueue script's answers (every second reply, after each locator SET)."""
-    return [reply != 0 for reply in replies[1::2]]
+    """The enqueue script's flags (its reply comes after the locator SETs): stored or not."""
+    return [flag != 0 for flag in replies[-1]]
 
 
 def _undo(calls: Sequence[Call], flags: list[bool]) -> list[Call]:
     """The locators of refused jobs, to delete: they would point at nothing."""
-    return [("DEL", calls[2 * i][1]) for i, stored in enumerate(flags) if not stored]
+    return [("DEL", calls[i][1]) for i, stored in enumerate(flags) if not stored]

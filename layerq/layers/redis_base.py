@@ -114,6 +114,19 @@ class RedisBase(QueueLayer):
         record: JobRecord | None = None,
         delay: float = 0.0,
     ) -> Call:
+        """The enqueue script for one message; its reply is ``[flag]``."""
+        args = self._store_args(channel, message, now, record, delay)
+        return ("EVALSHA", self._scripts["enqueue"], [self._base(channel)[1]], args)
+
+    def _store_args(
+        self,
+        channel: str,
+        message: dict[str, Any],
+        now: float,
+        record: JobRecord | None = None,
+        delay: float = 0.0,
+    ) -> list[Any]:
+        """One message's three arguments of the enqueue script (redis_enqueue.lua)."""
         job_id = record.id if record is not None else codec.job_id_of(message)
         message_id, suffix = job_id or codec.new_message_id(), ""
         if "!" in channel:
@@ -135,11 +148,10 @@ class RedisBase(QueueLayer):
         ]
         if record is not None:
             meta.append(codec.record_pairs(record))
-        args = [message_id, payload, codec.encode_value(meta)]
-        return ("EVALSHA", self._scripts["enqueue"], [self._base(channel)[1]], args)
+        return [message_id, payload, codec.encode_value(meta)]
 
     def _enqueue_calls(self, channel: str, batch: Sequence[Queued], delay: float) -> list[Call]:
-        """A locator SET and the enqueue script, for each job of ``batch``.
+        """A locator SET for each job of ``batch``, then one enqueue script for them all.
 
         The locator lives in its own slot, so it cannot be written by the
         script (Redis Cluster refuses cross-slot scripts); written first, a
@@ -147,9 +159,11 @@ class RedisBase(QueueLayer):
         """
         name, now, delay = self.non_local_name(channel), clock.now(), max(0.0, delay)
         calls: list[Call] = []
+        args: list[Any] = []
         for message, record in batch:
             calls.append(("SET", keys.locator_key(self.prefix, record.id), name))
-            calls.append(self._store_call(channel, message, now, record, delay))
+            args += self._store_args(channel, message, now, record, delay)
+        calls.append(("EVALSHA", self._scripts["enqueue"], [self._base(channel)[1]], args))
         return calls
 
     def _settle_group(self, delivery: Delivery, op: str, *extra: Any) -> list[Any]:

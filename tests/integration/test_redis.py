@@ -501,3 +501,22 @@ async def test_a_take_cancelled_in_flight_hands_its_message_on(
     with pytest.raises(asyncio.CancelledError):
         await receiving
     assert (await receive(redis_layer, "r"))["n"] == 1
+
+
+async def test_send_many_stores_a_chunk_with_one_script_call(
+    redis_layer: RedisChannelLayer, redis_server: RedisServer
+) -> None:
+    """1,200 jobs are three enqueue scripts (chunks of 500), each job with its own flag."""
+    from layerq.layers.redis import ENQUEUE_CHUNK
+
+    batch = [job("q") for _ in range(2 * ENQUEUE_CHUNK + 200)]
+    redis_layer.capacity = len(batch) - 3
+    await redis_layer.get_record("warm-up")  # the connection is open: no script loads counted
+    before = script_calls(redis_server)
+    stored = await redis_layer.enqueue_many("q", batch)
+    assert script_calls(redis_server) - before == 3
+    assert stored == [True] * (len(batch) - 3) + [False] * 3
+    assert await redis_layer.pending("q") == len(batch) - 3
+    assert await redis_layer.get_record(batch[-1][1].id) is None  # refused: no record
+    assert await redis_layer.enqueue_many("q", batch[:2]) == [True, True]  # a retry: kept once
+    assert await redis_layer.pending("q") == len(batch) - 3
