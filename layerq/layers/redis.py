@@ -190,15 +190,24 @@ class RedisChannelLayer(RedisBase):
         """
         self.require_valid_channel_name(channel)
         pipe = self._pipe(self._base(channel)[0])
-        stored: list[bool] = []
+        sending: list[tuple[Sequence[Queued], list[Call], asyncio.Task[list[Any]]]] = []
         for chunk in _chunks(batch):
             calls = self._enqueue_calls(channel, chunk, delay)
+            sending.append((chunk, calls, asyncio.ensure_future(pipe.call(calls))))
+            await asyncio.sleep(0)  # it is written while the next chunk is built
+        stored: list[bool] = []
+        undo: list[Call] = []
+        try:
             with transport_errors("enqueue"):
-                flags = _stored(await pipe.call(calls))
-                undo = _undo(calls, flags)
+                for chunk, calls, task in sending:
+                    flags = _stored(await task)
+                    undo += _undo(calls, flags)
+                    stored += self._after_enqueue(channel, chunk, flags)
                 if undo:
                     await pipe.call(undo)
-            stored += self._after_enqueue(channel, chunk, flags)
+        finally:
+            for _, _, task in sending:
+                task.cancel()  # after a failure: the chunks not yet answered
         return stored
 
     def enqueue_many_sync(
@@ -207,15 +216,24 @@ class RedisChannelLayer(RedisBase):
         """:meth:`enqueue_many` from sync code, on a sync client: no event loop."""
         self.require_valid_channel_name(channel)
         pipe = self._sync(self._base(channel)[0])
+        chunks = list(_chunks(batch))
+        sent: list[list[Call]] = []
+
+        def build() -> Iterator[list[Call]]:
+            # Built as they are sent: the next chunk's calls while Redis stores the last.
+            for chunk in chunks:
+                sent.append(self._enqueue_calls(channel, chunk, delay))
+                yield sent[-1]
+
         stored: list[bool] = []
-        for chunk in _chunks(batch):
-            calls = self._enqueue_calls(channel, chunk, delay)
-            with transport_errors("enqueue"):
-                flags = _stored(pipe.call(calls))
-                undo = _undo(calls, flags)
-                if undo:
-                    pipe.call(undo)
-            stored += self._after_enqueue(channel, chunk, flags)
+        undo: list[Call] = []
+        with transport_errors("enqueue"):
+            for index, replies in enumerate(pipe.call_each(build())):
+                flags = _stored(replies)
+                undo += _undo(sent[index], flags)
+                stored += self._after_enqueue(channel, chunks[index], flags)
+            if undo:
+                pipe.call(undo)
         return stored
 
     def _after_enqueue(

@@ -41,7 +41,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import hiredis
@@ -640,10 +640,19 @@ class _SyncConnection:
                 raise
 
     def exchange(self, data: bytes, count: int) -> list[Any]:
+        self.write(data)
+        return self.read(count)
+
+    def write(self, data: bytes) -> None:
+        if self.sock is None:
+            raise RedisConnectionError("connection closed")
+        self.sock.sendall(data)
+
+    def read(self, count: int) -> list[Any]:
+        """The next ``count`` replies (errors as values)."""
         sock = self.sock
         if sock is None:
             raise RedisConnectionError("connection closed")
-        sock.sendall(data)
         replies: list[Any] = []
         while len(replies) < count:
             reply = self.reader.gets()
@@ -685,21 +694,62 @@ class SyncPipe:
             check(self.raw(pack(loads), len(loads)))
             return check(self.raw(pack(calls), len(calls)))
 
+    def call_each(self, batches: Iterable[Sequence[Call]]) -> Iterator[list[Any]]:
+        """:meth:`call` for each batch in order, pipelined: the replies of each.
+
+        A batch is written before the replies of the one before it are read,
+        so Redis runs one while the caller builds the next (``batches`` may be
+        a generator). After a fault, the batches not yet answered run again
+        one by one through :meth:`call`, with its retries: they must be safe
+        to run twice. The caller must not use this pipe while iterating.
+        """
+        source = iter(batches)
+        flight: deque[Sequence[Call]] = deque()
+        try:
+            connection = self._connection()
+            for batch in source:
+                flight.append(batch)  # before the write: a failed write is run again too
+                connection.write(pack(batch))
+                if len(flight) > 1:
+                    replies = _unless_loading(connection.read(len(flight[0])))
+                    yield check(replies)
+                    flight.popleft()
+            while flight:
+                replies = _unless_loading(connection.read(len(flight[0])))
+                yield check(replies)
+                flight.popleft()
+        except (RedisConnectionError, OSError, NoScriptError):
+            self._drop()  # replies may still be on their way: a fresh connection
+            unanswered, flight = [*flight], deque()
+            for batch in [*unanswered, *source]:
+                yield self.call(batch)
+        finally:
+            if flight:
+                self._drop()  # given up with replies unread (an error, or a close)
+
     def raw(self, data: bytes, count: int) -> list[Any]:
         failures = 0
         while True:
-            connection: _SyncConnection | None = getattr(self._local, "connection", None)
             try:
-                if connection is None or connection.pid != os.getpid():
-                    connection = self._open()
-                return _unless_loading(connection.exchange(data, count))
+                return _unless_loading(self._connection().exchange(data, count))
             except (RedisConnectionError, OSError) as exc:
                 # A half-read reply cannot be resumed: a fresh connection.
-                self._local.connection = None
-                if connection is not None:
-                    connection.close()
+                self._drop()
                 failures += 1
                 time.sleep(_pause_after(exc, failures))
+
+    def _connection(self) -> _SyncConnection:
+        """This thread's connection, opened when it has none (or it was forked)."""
+        connection: _SyncConnection | None = getattr(self._local, "connection", None)
+        if connection is None or connection.pid != os.getpid():
+            connection = self._open()
+        return connection
+
+    def _drop(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            connection.close()
 
     def _open(self) -> _SyncConnection:
         connection = _SyncConnection(self.target)

@@ -126,6 +126,38 @@ async def test_a_killed_connection_is_reopened_by_the_next_call(redis_server: Re
         await pipe.close()
 
 
+def test_pipelined_batches_run_again_after_the_connection_is_killed(
+    redis_server: RedisServer,
+) -> None:
+    """call_each writes a batch before reading the last one's replies; killed in between,
+    it reopens the connection and runs the unanswered batches again, in order."""
+    pipe = SyncPipe(Target(parse_hosts([redis_server.url])[0], {}))
+    admin = redis.Redis(port=redis_server.port)
+    keys = [f"each:{n}" for n in range(4)]
+
+    def batches() -> Iterator[list[redis_conn.Call]]:
+        yield [("CLIENT", "SETNAME", "streamer"), ("SET", keys[0], "0")]
+        # The batch above is written, its replies not read yet.
+        (victim,) = [c for c in admin.client_list() if c["name"] == "streamer"]
+        admin.client_kill_filter(_id=victim["id"])
+        for n in range(1, 4):
+            yield [("SET", keys[n], str(n))]
+
+    try:
+        replies = list(pipe.call_each(batches()))
+        assert replies == [[b"OK", b"OK"], [b"OK"], [b"OK"], [b"OK"]]
+        assert admin.mget(keys) == [b"0", b"1", b"2", b"3"]
+        # Left half-read (the caller stopped early), the connection is not reused.
+        stream = pipe.call_each([[("ECHO", "a")], [("ECHO", "b")]])
+        assert next(stream) == [b"a"]
+        stream.close()
+        assert pipe.call([("ECHO", "c")]) == [b"c"]
+    finally:
+        admin.delete(*keys)
+        admin.close()
+        pipe.close()
+
+
 def test_sync_callers_in_many_threads_each_get_their_own_connection(
     redis_server: RedisServer,
 ) -> None:
