@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 
 from .. import clock
 from ..errors import QueueFull, TransportError
@@ -39,7 +40,7 @@ from . import redis_keys as keys
 from . import redis_wait as waits
 from .base import DeadLetter, Delivery, Queued
 from .redis_base import RedisBase
-from .redis_conn import BLOCK_MAX, Call, transport_errors
+from .redis_conn import BLOCK_MAX, AsyncPipe, Call, check, transport_errors
 
 
 class RedisChannelLayer(RedisBase):
@@ -190,24 +191,22 @@ class RedisChannelLayer(RedisBase):
         """
         self.require_valid_channel_name(channel)
         pipe = self._pipe(self._base(channel)[0])
-        sending: list[tuple[Sequence[Queued], list[Call], asyncio.Task[list[Any]]]] = []
-        for chunk in _chunks(batch):
+        chunks = list(_chunks(batch))
+        sending: list[tuple[list[Call], asyncio.Future[list[Any]] | None]] = []
+        for index, chunk in enumerate(chunks):
             calls = self._enqueue_calls(channel, chunk, delay)
-            sending.append((chunk, calls, asyncio.ensure_future(pipe.call(calls))))
-            await asyncio.sleep(0)  # it is written while the next chunk is built
+            sending.append((calls, pipe.submit(calls)))
+            if index + 1 < len(chunks):
+                await asyncio.sleep(0)  # it is written while the next chunk is built
         stored: list[bool] = []
         undo: list[Call] = []
-        try:
-            with transport_errors("enqueue"):
-                for chunk, calls, task in sending:
-                    flags = _stored(await task)
-                    undo += _undo(calls, flags)
-                    stored += self._after_enqueue(channel, chunk, flags)
-                if undo:
-                    await pipe.call(undo)
-        finally:
-            for _, _, task in sending:
-                task.cancel()  # after a failure: the chunks not yet answered
+        with transport_errors("enqueue"):
+            for chunk, (calls, future) in zip(chunks, sending, strict=True):
+                flags = _stored(await _answer(pipe, calls, future))
+                undo += _undo(calls, flags)
+                stored += self._after_enqueue(channel, chunk, flags)
+            if undo:
+                await pipe.call(undo)
         return stored
 
     def enqueue_many_sync(
@@ -227,8 +226,10 @@ class RedisChannelLayer(RedisBase):
 
         stored: list[bool] = []
         undo: list[Call] = []
+        # One chunk (a send): a plain round trip.
+        answers = pipe.call_each(build()) if len(chunks) > 1 else map(pipe.call, build())
         with transport_errors("enqueue"):
-            for index, replies in enumerate(pipe.call_each(build())):
+            for index, replies in enumerate(answers):
                 flags = _stored(replies)
                 undo += _undo(sent[index], flags)
                 stored += self._after_enqueue(channel, chunks[index], flags)
@@ -563,6 +564,20 @@ ENQUEUE_CHUNK = 500
 def _chunks(batch: Sequence[Queued]) -> Iterator[Sequence[Queued]]:
     for start in range(0, len(batch), ENQUEUE_CHUNK):
         yield batch[start : start + ENQUEUE_CHUNK]
+
+
+async def _answer(
+    pipe: AsyncPipe, calls: list[Call], future: asyncio.Future[list[Any]] | None
+) -> list[Any]:
+    """The replies of ``calls`` submitted as ``future``; on a fault (or when they
+    could not be submitted) they run again through :meth:`AsyncPipe.call`, with its
+    retries: they must be safe to run twice."""
+    if future is not None:
+        try:
+            return check(await future)
+        except (RedisConnectionError, NoScriptError):
+            pass
+    return await pipe.call(calls)
 
 
 def _stored(replies: list[Any]) -> list[bool]:

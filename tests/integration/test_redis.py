@@ -520,3 +520,23 @@ async def test_send_many_stores_a_chunk_with_one_script_call(
     assert await redis_layer.get_record(batch[-1][1].id) is None  # refused: no record
     assert await redis_layer.enqueue_many("q", batch[:2]) == [True, True]  # a retry: kept once
     assert await redis_layer.pending("q") == len(batch) - 3
+
+
+async def test_send_many_loads_the_script_again_when_redis_lost_it(
+    redis_layer: RedisChannelLayer, redis_server: RedisServer
+) -> None:
+    """After SCRIPT FLUSH, chunks refused with NOSCRIPT run again (async and sync)."""
+    from layerq.layers.redis import ENQUEUE_CHUNK
+
+    client = redis.Redis.from_url(redis_server.url)
+    size = ENQUEUE_CHUNK + 10  # two chunks: the second written before the first is answered
+    try:
+        await redis_layer.get_record("open")  # connections open, their scripts loaded
+        redis_layer.get_record_sync("open")
+        client.script_flush()
+        assert await redis_layer.enqueue_many("q", [job("q") for _ in range(size)]) == [True] * size
+        client.script_flush()
+        assert redis_layer.enqueue_many_sync("q", [job("q") for _ in range(size)]) == [True] * size
+        assert await redis_layer.pending("q") == 2 * size
+    finally:
+        client.close()
