@@ -264,7 +264,9 @@ def send_many(
     stored; then each channel's jobs are stored many per round trip (Redis)
     or transaction (SQLite). The options are :func:`send`'s, for every job.
     Each job stands alone: when a channel fills up, what was stored stays
-    stored and QueueFull is raised with ``sent`` and ``refused``.
+    stored and QueueFull is raised with ``sent`` and ``refused``. Likewise a
+    TransportError (the layer unreachable past its retries) may come after
+    some of the jobs were stored.
     """
     batch = _prepare_many(events, channel, notify, delay, max_attempts, timeout, layer)
     if on_commit:

@@ -106,16 +106,9 @@ class RedisBase(QueueLayer):
             self._job_channels.clear()
         self._job_channels[job_id] = self.non_local_name(channel)
 
-    def _store_call(
-        self,
-        channel: str,
-        message: dict[str, Any],
-        now: float,
-        record: JobRecord | None = None,
-        delay: float = 0.0,
-    ) -> Call:
-        """The enqueue script for one message; its reply is ``[flag]``."""
-        args = self._store_args(channel, message, now, record, delay)
+    def _store_call(self, channel: str, message: dict[str, Any], now: float) -> Call:
+        """The enqueue script for one plain message; its reply is ``[flag]``."""
+        args = self._store_args(channel, message, now)
         return ("EVALSHA", self._scripts["enqueue"], [self._base(channel)[1]], args)
 
     def _store_args(
