@@ -16,7 +16,7 @@ Cluster keeps a channel in one slot and a script may touch all of it::
     {prefix:channel}:deadinfo   HASH  id -> [reason, at, job]    why they died
     {prefix:channel}:deadq      ZSET  id -> failed_at            dead letters, oldest first
     {prefix:channel}:job:<id>   HASH  JobRecord fields           the job record
-    {prefix:channel}:done:<id>  LIST  final record, 10 s TTL     wakes result waiters
+    {prefix:channel}:done:<id>  LIST  a token, 10 s TTL          wakes result waiters
     prefix:loc:<job id>         STRING channel                   finds a record by job id
                                                                  (its own slot: written by
                                                                  pipelined commands, never

@@ -2,14 +2,15 @@
 
 A receiver runs the (non-blocking) take script; when nothing is ready it
 BLPOPs the channel's wake list, which every store pushes a token to. Wake
-tokens carry no data, so a cancelled or retried BLPOP loses nothing. The take
-script itself runs shielded: if the caller is cancelled after Redis handed
-messages over, they go to an ``orphan`` callback (a buffer, or a release)
-instead of vanishing (channels_redis#348).
+tokens carry no data, so a cancelled or retried BLPOP loses nothing. A take
+whose caller is cancelled after it was sent keeps its replies: when they come,
+the messages Redis handed over go to an ``orphan`` callback (a buffer, or a
+release) instead of vanishing (channels_redis#348).
 
 A worker waiting on one channel sends the BLPOP and the take script in one
 pipeline: Redis runs the take the moment a token arrives, and the messages
-come back with the wake-up, in one hop instead of two.
+come back with the wake-up, in one hop instead of two. An idle worker sends
+that pipeline at once (see RedisChannelLayer._first_block).
 """
 
 from __future__ import annotations
