@@ -103,22 +103,22 @@ for i = 1, #ARGV, 3 do
   end
   flags[#flags + 1] = flag
 end
+-- Wake a blocked receiver when this call made the ready list non-empty (or, with
+-- delayed messages only, stored some while it is empty: the receiver learns
+-- when they fall due). While the list stays non-empty no token is pushed: a take
+-- that leaves messages behind passes one on (redis_claim.lua), so receivers of
+-- a busy channel wake one after another, and a send costs no wake-up call.
+local woke = false
 if #now_ready > 0 then
-  redis.call('RPUSH', ready, unpack(now_ready))
+  woke = redis.call('RPUSH', ready, unpack(now_ready)) == #now_ready
+elseif stored > 0 then
+  woke = redis.call('LLEN', ready) == 0
 end
--- One token per stored message wakes one blocked receiver, up to 64 waiting
--- tokens (past that, a take that leaves messages behind passes a token on: see
--- redis_claim.lua). Checking the length first spares an LTRIM per send while
--- nobody consumes.
-if stored > 0 then
+if woke then
   local wake = base .. ':wake'
-  local room = 64 - redis.call('LLEN', wake)
-  if room > 0 then
-    local tokens = {}
-    for t = 1, math.min(room, stored) do
-      tokens[t] = '1'
-    end
-    redis.call('RPUSH', wake, unpack(tokens))
+  if redis.call('RPUSH', wake, '1') > 64 then
+    -- Tokens nobody took (the list was emptied by cancels): keep a bounded few.
+    redis.call('LTRIM', wake, -64, -1)
   end
 end
 return flags

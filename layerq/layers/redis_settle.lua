@@ -29,10 +29,17 @@ local base = KEYS[1]
 local lease = base .. ':lease'
 local att = base .. ':att'
 
-local function wake()  -- as in redis_enqueue.lua
-  local key = base .. ':wake'
-  if redis.call('LLEN', key) < 64 then
-    redis.call('RPUSH', key, '1')
+-- A message back on the ready list (``length`` after the push; nil for a
+-- delayed one): wake a receiver if the list was empty, as redis_enqueue.lua does.
+local function wake(length)
+  if length == nil then
+    length = redis.call('LLEN', base .. ':ready') + 1
+  end
+  if length == 1 then
+    local key = base .. ':wake'
+    if redis.call('RPUSH', key, '1') > 64 then
+      redis.call('LTRIM', key, -64, -1)
+    end
   end
 end
 
@@ -81,18 +88,17 @@ local function settle(A)
   elseif op == 'retry' then
     if tonumber(A[5]) > tonumber(A[4]) then
       redis.call('ZADD', base .. ':delay', A[5], id)
+      wake(nil)
     else
-      redis.call('RPUSH', base .. ':ready', id)
+      wake(redis.call('RPUSH', base .. ':ready', id))
     end
-    wake()
     if has_record then
       redis.call('HSET', record, 'status', 'retrying', 'error_type', A[6], 'error_message', A[7])
     end
   elseif op == 'release' then
     -- Back to the head, and the delivery is not counted as an attempt.
     local released = redis.call('HINCRBY', base .. ':rel', id, 1)
-    redis.call('LPUSH', base .. ':ready', id)
-    wake()
+    wake(redis.call('LPUSH', base .. ':ready', id))
     if has_record then
       local attempt = tonumber(A[3]) - released
       redis.call('HSET', record, 'status', 'queued', 'attempt', attempt)

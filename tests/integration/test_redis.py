@@ -354,22 +354,28 @@ async def test_a_worker_never_holds_more_leases_than_its_concurrency(
     assert 1 <= most <= 4
 
 
-async def test_wake_tokens_are_capped_and_passed_on(
+async def test_wake_tokens_are_pushed_as_a_channel_fills_and_passed_on(
     redis_layer: RedisChannelLayer, redis_server: RedisServer
 ) -> None:
-    """Idle sends leave at most 64 tokens; a take that leaves messages passes one on."""
+    """The send that makes a channel non-empty leaves a token, the others none; a take
+    that leaves messages passes one on; tokens nobody takes stay at most 64."""
     client = redis.Redis(port=redis_server.port)
     wake = f"{{{redis_layer.prefix}:w}}:wake"
     try:
         for index in range(100):
             await redis_layer.send("w", {"type": "t", "i": index})
-        assert client.llen(wake) == 64
-        client.delete(wake)  # as if 64 blocked receivers had each taken one
+        assert client.llen(wake) == 1
+        client.delete(wake)  # as if a blocked receiver had taken it
         assert (await receive(redis_layer, "w"))["i"] == 0
         assert client.llen(wake) == 1  # 99 still ready: the next receiver is woken
         for index in range(1, 100):
             assert (await receive(redis_layer, "w"))["i"] == index
         assert client.llen(wake) == 0  # nothing ready, no stale wake-ups
+        for _ in range(70):  # each cancel empties the channel behind the take's back
+            message, record = job("w")
+            await redis_layer.enqueue("w", message, record)
+            assert await redis_layer.cancel(record.id)
+        assert client.llen(wake) == 64
     finally:
         client.close()
 
