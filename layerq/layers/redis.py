@@ -215,6 +215,14 @@ class RedisChannelLayer(RedisBase):
         """:meth:`enqueue_many` from sync code, on a sync client: no event loop."""
         self.require_valid_channel_name(channel)
         pipe = self._sync(self._base(channel)[0])
+        if len(batch) <= ENQUEUE_CHUNK:  # a send: one plain round trip
+            calls = self._enqueue_calls(channel, batch, delay)
+            with transport_errors("enqueue"):
+                flags = _stored(pipe.call(calls))
+                undo = _undo(calls, flags)
+                if undo:
+                    pipe.call(undo)
+            return self._after_enqueue(channel, batch, flags)
         chunks = list(_chunks(batch))
         sent: list[list[Call]] = []
 
@@ -225,16 +233,14 @@ class RedisChannelLayer(RedisBase):
                 yield sent[-1]
 
         stored: list[bool] = []
-        undo: list[Call] = []
-        # One chunk (a send): a plain round trip.
-        answers = pipe.call_each(build()) if len(chunks) > 1 else map(pipe.call, build())
+        undos: list[Call] = []
         with transport_errors("enqueue"):
-            for index, replies in enumerate(answers):
+            for index, replies in enumerate(pipe.call_each(build())):
                 flags = _stored(replies)
-                undo += _undo(sent[index], flags)
+                undos += _undo(sent[index], flags)
                 stored += self._after_enqueue(channel, chunks[index], flags)
-            if undo:
-                pipe.call(undo)
+            if undos:
+                pipe.call(undos)
         return stored
 
     def _after_enqueue(
