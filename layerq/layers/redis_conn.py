@@ -39,6 +39,7 @@ import ssl
 import struct
 import threading
 import time
+import typing
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -332,8 +333,9 @@ class _Protocol(asyncio.Protocol):
         self.merging: dict[tuple[str, str], _Merged] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not an isinstance check: uvloop's transports (uvicorn's
+        # default loop) have the methods but not the asyncio base classes.
+        self.transport = typing.cast(asyncio.Transport, transport)
 
     def send(self, data: bytes, count: int, late: Late | None = None) -> asyncio.Future[list[Any]]:
         loop = asyncio.get_running_loop()

@@ -275,3 +275,30 @@ async def test_tls_with_the_servers_ca_verifies_and_works(tmp_path: Path) -> Non
                 untrusting.get_record_sync("nope")
         finally:
             await untrusting.close()
+
+
+def test_the_layer_runs_on_uvloop(redis_server: RedisServer) -> None:
+    """uvloop (uvicorn's default loop) hands protocols transports that are not
+    asyncio.Transport subclasses; every kind of connection must still work."""
+    import uvloop  # a dev dependency: the test fails, never skips, without it
+
+    async def scenario() -> None:
+        layer = RedisChannelLayer(hosts=[redis_server.url], prefix="uvloop")
+        try:
+            await layer.send("plain", {"type": "t", "n": 1})
+            assert await asyncio.wait_for(layer.receive("plain"), 5) == {"type": "t", "n": 1}
+            message, record = job("uvjobs")
+            await layer.enqueue("uvjobs", message, record)
+            # wait > 0 on one drained channel: the blocking take of the pool connection
+            (delivery,) = await layer.claim(["uvjobs"], 1, 30.0, 5.0)
+            assert await layer.ack(delivery, "done", 60.0)
+            found = await layer.wait_record(record.id, 5.0)
+            assert found is not None
+            assert found.result == "done"
+        finally:
+            await layer.flush()
+            await layer.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert type(runner.get_loop()).__module__.startswith("uvloop")
+        runner.run(scenario())
