@@ -7,8 +7,12 @@ plain msgpack-able data, so any Channels consumer can read it.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
+import sys
+import types
+import typing
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -85,21 +89,25 @@ class Event(msgspec.Struct, metaclass=EventMeta, kw_only=True):
 
     def send(self, channel: str | None = None, **options: Any) -> Job:
         """Enqueue this event from sync code; see :func:`layerq.send` for options."""
-        from .producer import send
-
-        return send(channel or self._channel(), self, **options)
+        job: Job = _producer().send(channel or self._channel(), self, **options)
+        return job
 
     async def asend(self, channel: str | None = None, **options: Any) -> Job:
         """Enqueue this event from async code; see :func:`layerq.send` for options."""
-        from .producer import asend
-
-        return await asend(channel or self._channel(), self, **options)
+        job: Job = await _producer().asend(channel or self._channel(), self, **options)
+        return job
 
     @classmethod
     def _channel(cls) -> str:
         if cls.event_channel is None:
             raise InvalidEvent(f"{cls.__name__} has no default channel; pass channel=")
         return cls.event_channel
+
+
+def _producer() -> types.ModuleType:
+    # layerq.producer imports this module; an import statement in the
+    # method would run the import machinery on every send.
+    return sys.modules["layerq.producer"]
 
 
 def event_class(event_type: str) -> type[Event] | None:
@@ -119,8 +127,25 @@ def validate_fields(cls: type[Event], raw: Mapping[str, Any]) -> dict[str, Any]:
     except msgspec.ValidationError as exc:
         raise InvalidEvent(f"{cls.__name__}: {exc}") from exc
     fields: dict[str, Any] = msgspec.to_builtins(event)
-    check_plain(fields, "$")
+    if not _scalar_only(cls):
+        check_plain(fields, "$")
     return fields
+
+
+@functools.cache
+def _scalar_only(cls: type[Event]) -> bool:
+    """True when every field of ``cls`` is a str, int, float, bool, bytes or None
+    (or an optional one): its validated fields need no :func:`check_plain`."""
+    allowed = {str, int, float, bool, bytes, type(None)}
+    for field in msgspec.structs.fields(cls):
+        kinds = typing.get_args(field.type) if _is_union(field.type) else (field.type,)
+        if not all(kind in allowed for kind in kinds):
+            return False
+    return True
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
 
 def decode_event(cls: type[Event], message: Mapping[str, Any]) -> Event:

@@ -32,6 +32,7 @@ from .events import (
 )
 from .jobs import Job, JobRecord, JobStatus
 from .layers import get_layer, is_queue_layer
+from .layers.base import require_valid_channel_name
 
 log = structlog.get_logger("layerq")
 _names = BaseChannelLayer()
@@ -96,7 +97,7 @@ def prepare(
 ) -> _Prepared:
     """Validate everything and build the message; stores nothing."""
     try:
-        _names.require_valid_channel_name(channel)
+        require_valid_channel_name(channel)
     except TypeError as exc:
         raise InvalidEvent(f"channel: {exc} (got {channel!r})") from exc
     if "!" in channel:

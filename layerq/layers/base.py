@@ -61,10 +61,36 @@ class DeadLetter:
     job_id: str | None = None
 
 
+_names = BaseChannelLayer()
+#: channel names that passed Channels' check (bounded: cleared when full)
+_valid_channels: set[str] = set()
+
+
+def require_valid_channel_name(name: Any) -> None:
+    """Channels' channel name check (TypeError), remembered for names that pass.
+
+    A send checks its channel more than once (producer, layer), and the
+    regular expression costs more than the rest of that bookkeeping.
+    """
+    if type(name) is str and name in _valid_channels:
+        return
+    _names.require_valid_channel_name(name)
+    if len(_valid_channels) >= 10_000:
+        _valid_channels.clear()
+    _valid_channels.add(name)
+
+
 class QueueLayer(BaseChannelLayer, abc.ABC):  # type: ignore[misc]
     """A Channels layer with leases, retries, dead letters and job records."""
 
     extensions = ["groups", "flush", EXTENSION]
+
+    def require_valid_channel_name(self, name: Any, receive: bool = False) -> bool:
+        """Channels' check; a name that passed once (not for receive) is not checked again."""
+        if receive:
+            return bool(super().require_valid_channel_name(name, receive=True))
+        require_valid_channel_name(name)
+        return True
 
     #: True when a settle (ack, retry, ...) started before a claim always
     #: reaches the store first (one ordered connection): a worker may then free

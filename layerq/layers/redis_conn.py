@@ -84,13 +84,26 @@ _IGNORED = {
 }  # fmt: skip
 
 
-@contextlib.contextmanager
-def transport_errors(what: str) -> Iterator[None]:
-    """Turn connection errors (raised once the retries ran out) into TransportError."""
-    try:
-        yield
-    except (RedisConnectionError, RedisTimeoutError) as exc:
-        raise TransportError(f"Redis unreachable during {what}: {exc}") from exc
+class transport_errors:  # lower case: used as a function, ``with transport_errors("send")``
+    """Turn connection errors (raised once the retries ran out) into TransportError.
+
+    A class, not a ``contextlib.contextmanager``: it wraps every call of the
+    layer, and a generator-based one costs several times more per use.
+    """
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if kind is not None and issubclass(kind, (RedisConnectionError, RedisTimeoutError)):
+            raise TransportError(f"Redis unreachable during {self.what}: {exc}") from exc
 
 
 def backoff(failures: int) -> float:

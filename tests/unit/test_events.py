@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 import pytest
 
@@ -75,3 +77,29 @@ def test_missing_or_broken_envelope_is_invalid() -> None:
         read_envelope({"type": "x"})
     with pytest.raises(layerq.InvalidEvent, match="malformed"):
         read_envelope({"type": "x", "layerq": {"id": 3}})
+
+
+def test_fields_of_open_types_are_still_checked_for_msgpack() -> None:
+    """A field typed loosely (dict[Any, Any], Any) is checked like a dict event:
+    an integer map key is refused at send, not at receive. Events whose fields
+    are all scalars skip that walk; their values cannot hold such keys."""
+
+    class Loose(layerq.Event, type="tests.open_fields"):
+        data: dict[Any, Any]
+        anything: Any = None
+
+    class Scalars(layerq.Event, type="tests.scalar_fields"):
+        s: str
+        n: int | None = None
+        f: float = 0.0
+        raw: bytes = b""
+
+    with pytest.raises(layerq.InvalidEvent, match="not a string"):
+        Loose(data={1: "int key"}).fields()
+    with pytest.raises(layerq.InvalidEvent, match="not a string"):
+        Loose(data={}, anything={2: "x"}).fields()
+    assert Loose(data={"a": [1, {"b": 2}]}).fields() == {
+        "data": {"a": [1, {"b": 2}]},
+        "anything": None,
+    }
+    assert Scalars(s="x", n=None).fields() == {"s": "x", "n": None, "f": 0.0, "raw": ""}
