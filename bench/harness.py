@@ -101,10 +101,20 @@ class Runner:
     phase, so no bulk job is left when the drain starts.
     """
 
-    def __init__(self, config: Config, logs: Path, flush: Callable[[], object]) -> None:
+    def __init__(
+        self, config: Config, logs: Path, flush: Callable[[], object], pin: bool = False
+    ) -> None:
         self.config = config
         self.logs = logs
         self.flush = flush
+        #: producers (and Redis, pinned by the runner) on CPU 0, the worker on CPU 1
+        self.pin = pin
+
+    def _cpu(self, cpu: int) -> Callable[[], None] | None:
+        """A ``preexec_fn`` binding the child to ``cpu`` when pinning (else None)."""
+        if not self.pin:
+            return None
+        return lambda: os.sched_setaffinity(0, {cpu})
 
     def _env(self, system: System, directory: Path) -> dict[str, str]:
         config = dataclasses.replace(self.config, directory=str(directory), variant=system.variant)
@@ -122,6 +132,7 @@ class Runner:
                 process = subprocess.run(
                     [python, "-m", "bench.systems", system.module, command], cwd=ROOT, env=env,
                     stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False,
+                    preexec_fn=self._cpu(1 if command == "inproc" else 0),
                 )  # fmt: skip
             except subprocess.TimeoutExpired as exc:
                 raise BenchError(f"{command} took over {timeout:.0f}s (see {log})") from exc
@@ -180,6 +191,7 @@ class Runner:
             worker = subprocess.Popen(
                 [python, "-m", "bench.systems", system.module, "worker"], cwd=ROOT, env=env,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=self._cpu(1),
             )  # fmt: skip
         try:
             starts = self._wait(worker, directory, DRAIN, 60 + jobs / 20, log)
