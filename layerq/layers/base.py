@@ -85,18 +85,18 @@ class QueueLayer(BaseChannelLayer, abc.ABC):  # type: ignore[misc]
 
     extensions = ["groups", "flush", EXTENSION]
 
+    #: True when a settle (ack, retry, ...) started before a claim always
+    #: reaches the store first (one ordered connection): a worker may then free
+    #: a job's slot as soon as its ack is under way, and pipeline the next claim
+    #: behind it without ever holding more leases than its concurrency.
+    settles_precede_claims = False
+
     def require_valid_channel_name(self, name: Any, receive: bool = False) -> bool:
         """Channels' check; a name that passed once (not for receive) is not checked again."""
         if receive:
             return bool(super().require_valid_channel_name(name, receive=True))
         require_valid_channel_name(name)
         return True
-
-    #: True when a settle (ack, retry, ...) started before a claim always
-    #: reaches the store first (one ordered connection): a worker may then free
-    #: a job's slot as soon as its ack is under way, and pipeline the next claim
-    #: behind it without ever holding more leases than its concurrency.
-    settles_precede_claims = False
 
     # --- producer side ------------------------------------------------------
 
