@@ -13,6 +13,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -95,6 +96,33 @@ def _locked(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
+class _Held:
+    """A thread's connection: closed when its thread ends.
+
+    Left to the garbage collector, an open connection is closed without a
+    word before Python 3.13 and with a ResourceWarning since; a Django
+    thread pool's threads, and every layer a test suite drops, would warn.
+    """
+
+    __slots__ = ("db", "open")
+
+    def __init__(self, db: sqlite3.Connection, open: set[sqlite3.Connection]) -> None:
+        self.db, self.open = db, open
+        open.add(db)
+
+    def __del__(self) -> None:
+        self.open.discard(self.db)
+        self.db.close()
+
+
+def _close_all(connections: set[sqlite3.Connection]) -> None:
+    # Runs when its Database is collected, before the garbage collector
+    # finalises the connections themselves (weakref callbacks come first).
+    for db in list(connections):
+        db.close()
+    connections.clear()
+
+
 class Database:
     """Thread-local connections to one SQLite file, and its write transactions."""
 
@@ -107,6 +135,9 @@ class Database:
         # handler would make them sleep and poll for it instead.
         self._write_lock = threading.Lock()
         self._initialised = False
+        #: every thread's open connection (see _Held), closed with the Database
+        self._open: set[sqlite3.Connection] = set()
+        weakref.finalize(self, _close_all, self._open)
 
     def connect(self) -> sqlite3.Connection:
         """A new connection with layerq's pragmas; the caller owns it."""
@@ -126,12 +157,11 @@ class Database:
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection, creating the schema on first use."""
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is None:
             self._ensure_schema()
-            db = self.connect()
-            self._local.db = db
-        return db
+            held = self._local.held = _Held(self.connect(), self._open)
+        return held.db
 
     def _ensure_schema(self) -> None:
         with self._init_lock:
