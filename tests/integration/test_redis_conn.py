@@ -223,13 +223,26 @@ def test_a_silent_server_is_a_transport_error_for_sync_callers(
 
 
 def _certificates(directory: Path) -> tuple[Path, Path, Path]:
-    """A throw-away CA and a server certificate for localhost, made by the openssl CLI."""
+    """A throw-away CA and a server certificate for localhost, made by the openssl CLI.
+
+    With the extensions Python 3.13's default context insists on
+    (VERIFY_X509_STRICT): key usage on the CA, key identifiers on both.
+    """
     ca_key, ca_cert = directory / "ca.key", directory / "ca.crt"
     key, request, cert = directory / "s.key", directory / "s.csr", directory / "s.crt"
     extensions = directory / "ext.cnf"
-    extensions.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    extensions.write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+    )
     commands = [
         ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign",
          "-keyout", ca_key, "-out", ca_cert],
         ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
          "-keyout", key, "-out", request],
