@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(abspath $(VENV))/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# Django 6 needs Python >= 3.12: a second venv, with the newest Python here
+VENV6 ?= .venv-django6
+STAMP6 := $(abspath $(VENV6))/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PORT ?= 8000
 
-.PHONY: install demo test lint typecheck pytest bench clean
+.PHONY: install demo test lint typecheck pytest pytest-django6 bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +18,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+$(STAMP6): pyproject.toml
+	rm -rf $(VENV6)
+	python=$$(.ci/newest-python) && $$python -m venv $(VENV6)
+	$(VENV6)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV6)/bin/python -m pip install --quiet -e '.[dev]' 'Django>=6,<7'
+	touch $(STAMP6)
 
 demo: install
 	cd worker && $(BIN)/python manage.py migrate --noinput
@@ -31,10 +41,15 @@ typecheck: install
 pytest: install
 	$(BIN)/pytest
 
-test: lint typecheck pytest
+# The whole suite again on Django 6.x (and Python >= 3.12); `make pytest` is
+# Django 5.2 LTS on Python 3.11.
+pytest-django6: $(STAMP6)
+	$(VENV6)/bin/pytest
+
+test: lint typecheck pytest pytest-django6
 
 bench: install
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV6) .pytest_cache .mypy_cache .ruff_cache
