@@ -202,9 +202,11 @@ class RedisChannelLayer(RedisBase):
         undo: list[Call] = []
         with transport_errors("enqueue"):
             for chunk, (calls, future) in zip(chunks, sending, strict=True):
-                flags = _stored(await _answer(pipe, calls, future))
-                undo += _undo(calls, flags)
-                stored += self._after_enqueue(channel, chunk, flags)
+                flags, undone = self._enqueued(
+                    channel, chunk, calls, await _answer(pipe, calls, future)
+                )
+                stored += flags
+                undo += undone
             if undo:
                 await pipe.call(undo)
         return stored
@@ -218,11 +220,10 @@ class RedisChannelLayer(RedisBase):
         if len(batch) <= ENQUEUE_CHUNK:  # a send: one plain round trip
             calls = self._enqueue_calls(channel, batch, delay)
             with transport_errors("enqueue"):
-                flags = _stored(pipe.call(calls))
-                undo = _undo(calls, flags)
+                flags, undo = self._enqueued(channel, batch, calls, pipe.call(calls))
                 if undo:
                     pipe.call(undo)
-            return self._after_enqueue(channel, batch, flags)
+            return flags
         chunks = list(_chunks(batch))
         sent: list[list[Call]] = []
 
@@ -233,23 +234,30 @@ class RedisChannelLayer(RedisBase):
                 yield sent[-1]
 
         stored: list[bool] = []
-        undos: list[Call] = []
+        undo = []
         with transport_errors("enqueue"):
             for index, replies in enumerate(pipe.call_each(build())):
-                flags = _stored(replies)
-                undos += _undo(sent[index], flags)
-                stored += self._after_enqueue(channel, chunks[index], flags)
-            if undos:
-                pipe.call(undos)
+                flags, undone = self._enqueued(channel, chunks[index], sent[index], replies)
+                stored += flags
+                undo += undone
+            if undo:
+                pipe.call(undo)
         return stored
 
-    def _after_enqueue(
-        self, channel: str, chunk: Sequence[Queued], flags: list[bool]
-    ) -> list[bool]:
-        for (_, record), stored in zip(chunk, flags, strict=True):
+    def _enqueued(
+        self, channel: str, chunk: Sequence[Queued], calls: list[Call], replies: list[Any]
+    ) -> tuple[list[bool], list[Call]]:
+        """A chunk's outcome from the replies to its ``calls``: a flag per job (stored
+        or refused), and the DELs of the refused jobs' locators, which would point at
+        nothing. The stored jobs' channels are remembered."""
+        flags = [flag != 0 for flag in replies[-1]]  # the script's, after the locator SETs
+        undo: list[Call] = []
+        for index, ((_, record), stored) in enumerate(zip(chunk, flags, strict=True)):
             if stored:
                 self._remember(record.id, channel)
-        return flags
+            else:
+                undo.append(("DEL", calls[index][1]))
+        return flags, undo
 
     # --- worker side -----------------------------------------------------------
 
@@ -584,13 +592,3 @@ async def _answer(
         except (RedisConnectionError, NoScriptError):
             pass
     return await pipe.call(calls)
-
-
-def _stored(replies: list[Any]) -> list[bool]:
-    """The enqueue script's flags (its reply comes after the locator SETs): stored or not."""
-    return [flag != 0 for flag in replies[-1]]
-
-
-def _undo(calls: Sequence[Call], flags: list[bool]) -> list[Call]:
-    """The locators of refused jobs, to delete: they would point at nothing."""
-    return [("DEL", calls[i][1]) for i, stored in enumerate(flags) if not stored]
