@@ -720,19 +720,23 @@ class SyncPipe:
         """
         source = iter(batches)
         flight: deque[Sequence[Call]] = deque()
+
+        def oldest() -> list[Any]:
+            # The replies of the oldest batch in flight; it leaves the flight
+            # only once they are read and free of errors.
+            replies = check(_unless_loading(connection.read(len(flight[0]))))
+            flight.popleft()
+            return replies
+
         try:
             connection = self._connection()
             for batch in source:
                 flight.append(batch)  # before the write: a failed write is run again too
                 connection.write(pack(batch))
                 if len(flight) > 1:
-                    replies = _unless_loading(connection.read(len(flight[0])))
-                    yield check(replies)
-                    flight.popleft()
+                    yield oldest()
             while flight:
-                replies = _unless_loading(connection.read(len(flight[0])))
-                yield check(replies)
-                flight.popleft()
+                yield oldest()
         except (RedisConnectionError, OSError, NoScriptError):
             self._drop()  # replies may still be on their way: a fresh connection
             unanswered, flight = [*flight], deque()
