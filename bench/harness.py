@@ -75,6 +75,18 @@ def drain_rate(starts: Sequence[float]) -> float:
     return (len(starts) - 1) / span if span > 0 else float("inf")
 
 
+def on_cpu(cpu: int | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` binding a child process to ``cpu`` (None: no binding)."""
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def pin_server(client: Any, cpu: int) -> None:
+    """Bind the Redis server ``client`` talks to (on this machine) to ``cpu``."""
+    os.sched_setaffinity(int(client.info("server")["process_id"]), {cpu})
+
+
 def tree_rss_mb(session: int) -> float:
     """Summed RSS of every process in session ``session`` (the worker and its children)."""
     total_kb = 0
@@ -111,10 +123,7 @@ class Runner:
         self.pin = pin
 
     def _cpu(self, cpu: int) -> Callable[[], None] | None:
-        """A ``preexec_fn`` binding the child to ``cpu`` when pinning (else None)."""
-        if not self.pin:
-            return None
-        return lambda: os.sched_setaffinity(0, {cpu})
+        return on_cpu(cpu if self.pin else None)
 
     def _env(self, system: System, directory: Path) -> dict[str, str]:
         config = dataclasses.replace(self.config, directory=str(directory), variant=system.variant)

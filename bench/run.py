@@ -10,7 +10,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import shutil
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 import redis
 
 from bench import report, venvs
-from bench.harness import Outcome, Runner
+from bench.harness import Outcome, Runner, pin_server
 from bench.systems import SYSTEMS, System, by_key
 from bench.systems.common import Config
 from layerq.testing import RedisServer
@@ -90,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.mkdir()
         client = redis.Redis.from_url(server.url)
         if args.pin:
-            os.sched_setaffinity(int(client.info("server")["process_id"]), {0})
+            pin_server(client, 0)
         runner = Runner(config, logs, flush=client.flushall, pin=args.pin)
         for system in systems:
             why = system.unavailable()

@@ -48,6 +48,7 @@ def main(argv: list[str]) -> int:
 def _measure(jobs: int, pin: bool, tree: Path) -> int:
     import redis
 
+    from bench.harness import on_cpu, pin_server
     from layerq.testing import RedisServer
 
     with RedisServer() as server, tempfile.TemporaryDirectory() as directory:
@@ -63,18 +64,18 @@ def _measure(jobs: int, pin: bool, tree: Path) -> int:
             PYTHONPATH=os.pathsep.join([str(tree), str(ROOT)]),
         )
         if pin:
-            os.sched_setaffinity(int(client.info("server")["process_id"]), {0})
+            pin_server(client, 0)
         with (Path(directory) / "worker.log").open("wb") as log:
             worker = subprocess.Popen(
                 [sys.executable, __file__, "--role", "worker"], cwd=ROOT, env=env,
                 stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=(lambda: os.sched_setaffinity(0, {1})) if pin else None,
+                preexec_fn=on_cpu(1 if pin else None),
             )  # fmt: skip
         try:
             producer = subprocess.run(
                 [sys.executable, __file__, "--role", "producer"],
                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=120 + jobs / 50,
-                preexec_fn=(lambda: os.sched_setaffinity(0, {0})) if pin else None,
+                preexec_fn=on_cpu(0 if pin else None),
             )  # fmt: skip
         finally:
             worker.send_signal(signal.SIGTERM)
