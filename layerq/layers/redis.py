@@ -459,20 +459,20 @@ class RedisChannelLayer(RedisBase):
         channel = await self._locate(job_id)
         if channel is None:
             return None
-        call = ("HGETALL", keys.record_key(self.prefix, channel, job_id))
+        where = self._record_keys(channel, job_id)
         with transport_errors("get_record"):
-            (raw,) = await self._pipe(self._host(channel)).call([call])
-        return codec.decode_record(codec.pairs(raw))
+            replies = await self._pipe(self._host(channel)).call(waits.read_record_calls(where))
+        return waits.decode_read(where, *replies)
 
     def get_record_sync(self, job_id: str) -> JobRecord | None:
         """:meth:`get_record` from sync code."""
         channel = self._locate_sync(job_id)
         if channel is None:
             return None
-        call = ("HGETALL", keys.record_key(self.prefix, channel, job_id))
+        where = self._record_keys(channel, job_id)
         with transport_errors("get_record"):
-            (raw,) = self._sync(self._host(channel)).call([call])
-        return codec.decode_record(codec.pairs(raw))
+            replies = self._sync(self._host(channel)).call(waits.read_record_calls(where))
+        return waits.decode_read(where, *replies)
 
     async def wait_record(self, job_id: str, timeout: float | None) -> JobRecord | None:
         """The record once the job ended (woken by its end, no polling), or at ``timeout``."""
@@ -480,9 +480,9 @@ class RedisChannelLayer(RedisBase):
         if channel is None:
             return None
         pool = self._state().pools[self._host(channel)]
-        record, done = self._watch_keys(channel, job_id)
+        where = self._record_keys(channel, job_id)
         with transport_errors("wait_record"):
-            return await waits.wait_record(pool, self._scripts["watch"], record, done, timeout)
+            return await waits.wait_record(pool, self._scripts["watch"], where, timeout)
 
     def wait_record_sync(self, job_id: str, timeout: float | None) -> JobRecord | None:
         """:meth:`wait_record` from sync code."""
@@ -490,9 +490,9 @@ class RedisChannelLayer(RedisBase):
         if channel is None:
             return None
         pipe = self._sync(self._host(channel))
-        record, done = self._watch_keys(channel, job_id)
+        where = self._record_keys(channel, job_id)
         with transport_errors("wait_record"):
-            return waits.wait_record_sync(pipe, self._scripts["watch"], record, done, timeout)
+            return waits.wait_record_sync(pipe, self._scripts["watch"], where, timeout)
 
     async def cancel(self, job_id: str) -> bool:
         """Remove a job still waiting (not leased); record cancelled."""

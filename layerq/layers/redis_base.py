@@ -139,8 +139,6 @@ class RedisBase(QueueLayer):
             self.get_capacity(channel),
             suffix,
         ]
-        if record is not None:
-            meta.append(codec.record_pairs(record))
         return [message_id, payload, codec.encode_value(meta)]
 
     def _enqueue_calls(self, channel: str, batch: Sequence[Queued], delay: float) -> list[Call]:
@@ -176,6 +174,7 @@ class RedisBase(QueueLayer):
         group = self._settle_group(delivery, op, ttl_ms, *extra)
         if delivery.job_id is None:
             return group, []
+        group += codec.fixed_record_pairs(delivery.job_id, delivery.channel, delivery.message)
         return group, [("PEXPIRE", keys.locator_key(self.prefix, delivery.job_id), ttl_ms)]
 
     # --- connections and records ----------------------------------------------
@@ -220,16 +219,19 @@ class RedisBase(QueueLayer):
                     return codec.text(channel)
         return None
 
-    def _watch_keys(self, channel: str, job_id: str) -> tuple[str, str]:
-        return (
+    def _record_keys(self, channel: str, job_id: str) -> waits.RecordKeys:
+        return waits.RecordKeys(
+            job_id,
+            channel,
             keys.record_key(self.prefix, channel, job_id),
             keys.done_key(self.prefix, channel, job_id),
+            keys.messages_key(self.prefix, channel),
         )
 
     def _cancel_calls(self, channel: str, job_id: str) -> tuple[Call, Call]:
         """The cancel script, and the locator's expiry to run once it cancelled."""
         ttl = codec.milliseconds(get_settings().result_ttl)
-        args = [job_id, codec.number(clock.now()), ttl]
+        args = [job_id, codec.number(clock.now()), ttl, channel]
         base = keys.channel_base(self.prefix, channel)
         return (
             ("EVALSHA", self._scripts["cancel"], [base], args),

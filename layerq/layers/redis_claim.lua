@@ -115,9 +115,9 @@ while taken < limit do
         local reclaimed = 0
         if check_recl then reclaimed = redis.call('SREM', recl, id) end
         redis.call('ZADD', lease, deadline, id)
-        local record = base .. ':job:' .. id
-        if redis.call('EXISTS', record) == 1 then
-          redis.call('HSET', record, 'status', 'running', 'attempt', attempt, 'started_at', ARGV[1])
+        if string.byte(id, 1) ~= 46 then  -- a job: its record says it runs
+          redis.call('HSET', base .. ':job:' .. id,
+            'status', 'running', 'attempt', attempt, 'started_at', ARGV[1])
         end
         out[#out + 1] = {id, payload, attempt, token, reclaimed}
       end

@@ -21,7 +21,6 @@ _decoder = msgspec.msgpack.Decoder()
 _dict_decoder = msgspec.msgpack.Decoder(dict[str, Any])
 
 _NO_RESULT = object()
-_RECORD_FIELDS = JobRecord.__struct_fields__
 
 
 def job_id_of(message: Mapping[str, Any]) -> str | None:
@@ -87,46 +86,39 @@ def pairs(raw: list[Any]) -> dict[Any, Any]:
     return dict(zip(raw[::2], raw[1::2], strict=True))
 
 
-def record_pairs(record: JobRecord) -> list[str | bytes]:
-    """The field/value pairs for HSET, as Redis stores them; None fields are left out."""
-    if (
-        record.started_at is None
-        and record.finished_at is None
-        and record.progress is None
-        and record.progress_message is None
-        and record.result is None
-        and record.error_type is None
-        and record.error_message is None
-    ):
-        # A record as a send writes it (queued): written out, at half the cost.
-        pairs: list[str | bytes] = [
-            "id", record.id, "type", record.type, "channel", record.channel,
-            "status", str(record.status), "attempt", str(int(record.attempt)),
-        ]  # fmt: skip
-        if record.max_attempts is not None:
-            pairs += ["max_attempts", str(int(record.max_attempts))]
-        if record.enqueued_at is not None:
-            pairs += ["enqueued_at", number(record.enqueued_at)]
-        return pairs
-    pairs = []
-    for field, value in zip(_RECORD_FIELDS, msgspec.structs.astuple(record), strict=True):
-        if value is None:
-            continue
-        if field == "result":
-            pairs += [field, encode_value(value)]
-        elif isinstance(value, str):  # a JobStatus too: its value
-            pairs += [field, str(value)]
-        elif isinstance(value, float):
-            pairs += [field, number(value)]
-        else:
-            pairs += [field, str(int(value))]
+def fixed_record_pairs(job_id: str, channel: str, message: Mapping[str, Any]) -> list[str]:
+    """A job's record fields that never change, as HSET pairs, from its message.
+
+    While a job is stored, these are read from its payload (see
+    :func:`decode_record`); once it ends its payload is gone, so the settle
+    that ends it writes them into the record (redis_settle.lua).
+    """
+    pairs = ["id", job_id, "channel", channel]
+    kind = message.get("type")
+    if isinstance(kind, str):
+        pairs += ["type", kind]
+    envelope = message.get(ENVELOPE_KEY)
+    if isinstance(envelope, dict):
+        enqueued = envelope.get("enqueued")
+        if isinstance(enqueued, int | float) and not isinstance(enqueued, bool):
+            pairs += ["enqueued_at", number(enqueued)]
+        attempts = envelope.get("max_attempts")
+        if isinstance(attempts, int) and not isinstance(attempts, bool):
+            pairs += ["max_attempts", str(attempts)]
     return pairs
 
 
-def decode_record(raw: Mapping[Any, Any]) -> JobRecord | None:
-    """The JobRecord stored as hash fields; None for an empty (missing) hash."""
-    if not raw:
-        return None
+def decode_record(
+    raw: Mapping[Any, Any], payload: bytes | None = None, channel: str = ""
+) -> JobRecord | None:
+    """The JobRecord of a job, from its record hash and its stored ``payload``.
+
+    A job that has not ended has no record hash (it waits) or one that holds
+    only what changed (status, attempt, times, progress, the watch mark); the
+    rest (id, type, channel, enqueue time, max attempts) is read from its
+    payload, ``channel`` being where it is stored. An ended job's hash holds
+    everything. None for no such job.
+    """
     fields: dict[str, str] = {}
     result: Any = _NO_RESULT
     for key, value in raw.items():
@@ -135,6 +127,17 @@ def decode_record(raw: Mapping[Any, Any]) -> JobRecord | None:
             result = value
         else:
             fields[name] = text(value)
+    if "id" not in fields and payload is not None:
+        try:
+            message = decode_message(payload)
+        except ValueError:
+            message = {}
+        job_id = job_id_of(message)
+        if job_id is not None:
+            fixed = fixed_record_pairs(job_id, channel, message)
+            for name, value in zip(fixed[::2], fixed[1::2], strict=True):
+                fields.setdefault(name, value)  # the hash, where it has one, is newer
+            fields.setdefault("status", "queued")
     expires = fields.pop("expires_at", None)
     # Redis expires the hash on its own clock; this honours layerq's too.
     if expires is not None and float(expires) <= clock.now():

@@ -20,7 +20,11 @@
 --            [4] capacity: messages the channel may hold (ready, delayed and leased)
 --            [5] process-local suffix ('' for other channels): the part after '!', whose
 --                own count is held to the capacity, as every '!' channel shares one list
---            [6] job messages only: the record's field/value pairs (strings)
+-- A job (a message whose id does not start with '.') gets no record hash here: while
+-- it waits, its record is read from its payload (see RedisChannelLayer.get_record);
+-- the claim, settles and cancel write the hash. A record left by an earlier send of
+-- the same id (a send retried after its job ended) is deleted, so it cannot speak
+-- for this one.
 -- Returns one flag a message: 1 stored, 0 channel full (nothing stored), 2 already
 -- stored (a retried send).
 local base = KEYS[1]
@@ -95,10 +99,8 @@ for i = 1, #ARGV, 3 do
     if expires > 0 then
       redis.call('ZADD', exp, expires, id)
     end
-    if meta[6] then
-      local record = base .. ':job:' .. id
-      redis.call('DEL', record)
-      redis.call('HSET', record, unpack(meta[6]))
+    if string.byte(id, 1) ~= 46 then
+      redis.call('DEL', base .. ':job:' .. id)
     end
   end
   flags[#flags + 1] = flag

@@ -15,7 +15,11 @@ Cluster keeps a channel in one slot and a script may touch all of it::
     {prefix:channel}:dead       HASH  id -> payload              dead letters
     {prefix:channel}:deadinfo   HASH  id -> [reason, at, job]    why they died
     {prefix:channel}:deadq      ZSET  id -> failed_at            dead letters, oldest first
-    {prefix:channel}:job:<id>   HASH  JobRecord fields           the job record
+    {prefix:channel}:job:<id>   HASH  JobRecord fields           the job record, once
+                                                                 its job was first taken
+                                                                 (while it waits, its
+                                                                 record is read from its
+                                                                 payload in :msg)
     {prefix:channel}:done:<id>  LIST  a token, 10 s TTL          wakes result waiters
     prefix:loc:<job id>         STRING channel                   finds a record by job id
                                                                  (its own slot: written by
@@ -23,7 +27,8 @@ Cluster keeps a channel in one slot and a script may touch all of it::
                                                                  by a script)
     prefix:group:<group>        ZSET  channel -> joined at       group members
 
-A job message's id is its job id; a plain message gets a random one. The
+A job message's id is its job id; a plain message gets a random one starting
+with ``.`` (the scripts tell jobs from plain messages by that dot). The
 channel of a process-local name (``a.b!c``) is its non-local part (``a.b!``):
 one list per process, demultiplexed by the receiving process.
 """
@@ -65,6 +70,11 @@ def load_scripts() -> dict[str, Script]:
 def channel_base(prefix: str, channel: str) -> str:
     """The hash-tagged base of a channel's keys (``channel`` already non-local)."""
     return f"{{{prefix}:{channel}}}"
+
+
+def messages_key(prefix: str, channel: str) -> str:
+    """The channel's hash of stored messages by id."""
+    return f"{channel_base(prefix, channel)}:msg"
 
 
 def record_key(prefix: str, channel: str, job_id: str) -> str:

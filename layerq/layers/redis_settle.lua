@@ -17,12 +17,17 @@
 -- 2  message id
 -- 3  lease token (the delivery count handed out by claim)
 -- 4  now (epoch seconds)
--- ack:     5 record ttl (ms), 6 result (msgpack)
+-- ack:     5 record ttl (ms), 6 result (msgpack), 7... the record's fixed fields
 -- retry:   5 due (epoch seconds), 6 error type, 7 error message
 -- release: nothing more
 -- dead:    5 record ttl (ms), 6 error type, 7 error message,
---          8 dead-letter info (msgpack)
+--          8 dead-letter info (msgpack), 9... the record's fixed fields
 -- extend:  5 new lease deadline
+-- The fixed fields (id, type, channel, enqueued_at, max_attempts as field/value
+-- pairs) come from the job's envelope: until a job ends its record hash holds only
+-- what changed, the rest is read from the payload (see redis_enqueue.lua); an
+-- ended job's payload is gone, so its record gets them all.
+-- A message is a job when its id does not start with '.' (plain messages' ids do).
 -- Returns one item a group: 1 done, 0 stale token (the lease expired and the
 -- message moved on).
 local base = KEYS[1]
@@ -65,7 +70,7 @@ local function settle(A)
   end
 
   local record = base .. ':job:' .. id
-  local has_record = redis.call('EXISTS', record) == 1
+  local is_job = string.byte(id, 1) ~= 46
   redis.call('ZREM', lease, id)
   -- (Not in ":recl": a claim takes an id out of it as it leases it, and puts
   -- it back only once the lease has expired, when the ZSCORE above fails.)
@@ -74,9 +79,9 @@ local function settle(A)
     redis.call('HDEL', base .. ':msg', id)
     redis.call('HDEL', att, id)
     redis.call('HDEL', base .. ':rel', id)
-    if has_record then
+    if is_job then
       redis.call('HSET', record, 'status', 'succeeded', 'finished_at', A[4], 'result', A[6],
-        'progress', '1.0', 'expires_at', A[4] + A[5] / 1000)
+        'progress', '1.0', 'expires_at', A[4] + A[5] / 1000, unpack(A, 7))
       if A[3] ~= '1' then
         -- An earlier delivery may have left its error (tokens never repeat,
         -- and requeued dead letters start without one).
@@ -92,14 +97,14 @@ local function settle(A)
     else
       wake(redis.call('RPUSH', base .. ':ready', id))
     end
-    if has_record then
+    if is_job then
       redis.call('HSET', record, 'status', 'retrying', 'error_type', A[6], 'error_message', A[7])
     end
   elseif op == 'release' then
     -- Back to the head, and the delivery is not counted as an attempt.
     local released = redis.call('HINCRBY', base .. ':rel', id, 1)
     wake(redis.call('LPUSH', base .. ':ready', id))
-    if has_record then
+    if is_job then
       local attempt = tonumber(A[3]) - released
       redis.call('HSET', record, 'status', 'queued', 'attempt', attempt)
     end
@@ -113,9 +118,10 @@ local function settle(A)
     end
     redis.call('HDEL', msg, id)
     redis.call('HDEL', base .. ':rel', id)
-    if has_record then
+    if is_job then
       redis.call('HSET', record, 'status', 'failed', 'finished_at', A[4],
-        'error_type', A[6], 'error_message', A[7], 'expires_at', A[4] + A[5] / 1000)
+        'error_type', A[6], 'error_message', A[7], 'expires_at', A[4] + A[5] / 1000,
+        unpack(A, 9))
       redis.call('PEXPIRE', record, A[5])
       done(record, id)
     end

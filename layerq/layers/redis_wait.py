@@ -21,7 +21,7 @@ import types
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.exceptions import NoScriptError
 
@@ -43,6 +43,31 @@ from .redis_keys import Script
 #: (id, payload, attempt, token, reclaimed), one per message, from redis_claim.lua
 Row = list[Any]
 Orphan = Callable[[list[Row]], None]
+
+
+class RecordKeys(NamedTuple):
+    """Where one job's record is read from, and where its end is signalled."""
+
+    job_id: str
+    channel: str  #: where the job is stored (non-local)
+    record: str  #: the record hash: what changed, or everything once it ended
+    done: str  #: the list its end pushes a token to, when watched
+    messages: str  #: the channel's message hash: the payload of a job not yet ended
+
+
+def read_record_calls(where: RecordKeys) -> list[Call]:
+    """Read a job's record: its payload first, then its record hash.
+
+    In this order the two need no script to agree: a payload, once read,
+    never changes, and a job only moves on, so a hash read after it is as new
+    or newer (see decode_record).
+    """
+    return [("HGET", where.messages, where.job_id), ("HGETALL", where.record)]
+
+
+def decode_read(where: RecordKeys, payload: bytes | None, raw: list[Any]) -> JobRecord | None:
+    """The record from the replies of :func:`read_record_calls`."""
+    return decode_record(pairs(raw), payload, where.channel)
 
 
 class LocalBox:
@@ -203,19 +228,16 @@ async def block(
 
 
 async def wait_record(
-    pool: BlockingPool,
-    script: Script,
-    record: str,
-    done: str,
-    timeout: float | None,
+    pool: BlockingPool, script: Script, where: RecordKeys, timeout: float | None
 ) -> JobRecord | None:
     """The record once terminal (or as it is after ``timeout`` s); None without one.
 
     One round trip a wait: the watch script marks the record watched (so the
     job's end pushes a token to ``done``), a BLMOVE of ``done`` onto itself
     blocks until that token comes (and leaves it for every other waiter), and
-    an HGETALL behind it reads the record as it then is. Blocking is in
-    chunks of at most BLOCK_MAX, each ending with that read.
+    the reads of :func:`read_record_calls` behind it read the record as it
+    then is. Blocking is in chunks of at most BLOCK_MAX, each ending with
+    that read.
     """
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
@@ -223,26 +245,24 @@ async def wait_record(
         while True:
             left = _left(deadline, loop.time())
             if left <= 0:
-                (raw,) = await pipe.call([("HGETALL", record)])
-                return _record(raw)
-            *_, raw = await pipe.call(_wait_calls(script, record, done, left))
-            found = _record(raw)
+                return decode_read(where, *await pipe.call(read_record_calls(where)))
+            *_, payload, raw = await pipe.call(_wait_calls(script, where, left))
+            found = decode_read(where, payload, raw)
             if found is None or found.status.is_terminal or _left(deadline, loop.time()) <= 0:
                 return found
 
 
 def wait_record_sync(
-    pipe: SyncPipe, script: Script, record: str, done: str, timeout: float | None
+    pipe: SyncPipe, script: Script, where: RecordKeys, timeout: float | None
 ) -> JobRecord | None:
     """:func:`wait_record` from sync code."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         left = _left(deadline, time.monotonic())
         if left <= 0:
-            (raw,) = pipe.call([("HGETALL", record)])
-            return _record(raw)
-        *_, raw = pipe.call(_wait_calls(script, record, done, left))
-        found = _record(raw)
+            return decode_read(where, *pipe.call(read_record_calls(where)))
+        *_, payload, raw = pipe.call(_wait_calls(script, where, left))
+        found = decode_read(where, payload, raw)
         if found is None or found.status.is_terminal or _left(deadline, time.monotonic()) <= 0:
             return found
 
@@ -252,16 +272,12 @@ def _left(deadline: float | None, now: float) -> float:
     return BLOCK_MAX if deadline is None else min(BLOCK_MAX, deadline - now)
 
 
-def _wait_calls(script: Script, record: str, done: str, left: float) -> list[Call]:
+def _wait_calls(script: Script, where: RecordKeys, left: float) -> list[Call]:
     return [
-        ("EVALSHA", script, [record, done], []),
-        ("BLMOVE", done, done, "RIGHT", "LEFT", _block_seconds(left)),
-        ("HGETALL", record),
+        ("EVALSHA", script, [where.record, where.done, where.messages], [where.job_id]),
+        ("BLMOVE", where.done, where.done, "RIGHT", "LEFT", _block_seconds(left)),
+        *read_record_calls(where),
     ]
-
-
-def _record(raw: list[Any]) -> JobRecord | None:
-    return decode_record(pairs(raw))
 
 
 def _block_seconds(left: float) -> float:

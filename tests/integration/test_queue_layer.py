@@ -13,12 +13,24 @@ from layerq.events import Envelope, build_message, new_job_id
 from layerq.jobs import JobRecord, JobStatus
 
 
-async def enqueue(layer: Any, channel: str = "q", delay: float = 0.0, **fields: Any) -> str:
-    """Enqueue one job message straight through the layer; its job id."""
-    job_id = new_job_id()
-    message = build_message("q.work", fields, Envelope(id=job_id, enqueued=clock.now()))
+async def enqueue(
+    layer: Any,
+    channel: str = "q",
+    delay: float = 0.0,
+    max_attempts: int | None = None,
+    **fields: Any,
+) -> str:
+    """Enqueue one job message straight through the layer, as a producer does; its job id."""
+    job_id, now = new_job_id(), clock.now()
+    envelope = Envelope(id=job_id, enqueued=now, max_attempts=max_attempts)
+    message = build_message("q.work", fields, envelope)
     record = JobRecord(
-        id=job_id, type="q.work", channel=channel, status=JobStatus.QUEUED, enqueued_at=clock.now()
+        id=job_id,
+        type="q.work",
+        channel=channel,
+        status=JobStatus.QUEUED,
+        max_attempts=max_attempts,
+        enqueued_at=now,
     )
     await layer.enqueue(channel, message, record, delay)
     return job_id
@@ -155,6 +167,44 @@ async def test_cancel_removes_a_waiting_job_only(layer: Any) -> None:
     assert not await layer.cancel(held)
     assert (await layer.get_record(waiting)).status is JobStatus.CANCELLED
     assert (await layer.get_record(held)).status is JobStatus.RUNNING
+
+
+async def test_a_record_keeps_what_its_send_wrote_in_every_state(layer: Any) -> None:
+    """Id, type, channel, enqueue time and max attempts read the same while a job
+    waits, runs, retries or is released, and once it succeeded, failed or was cancelled."""
+
+    async def check(job_id: str, status: JobStatus) -> None:
+        record = await layer.get_record(job_id)
+        assert record.status is status
+        fixed = (record.id, record.type, record.channel, record.max_attempts)
+        assert fixed == (job_id, "q.work", "q", 4)
+        assert record.enqueued_at is not None
+        assert abs(record.enqueued_at - clock.now()) < 5
+        assert record.enqueued_at == enqueued.setdefault(job_id, record.enqueued_at)
+
+    enqueued: dict[str, float] = {}
+    done = await enqueue(layer, max_attempts=4)
+    await check(done, JobStatus.QUEUED)
+    [delivery] = await layer.claim(["q"], 1, 30, 1)
+    await check(done, JobStatus.RUNNING)
+    assert await layer.retry(delivery, 0, "OSError", "again")
+    await check(done, JobStatus.RETRYING)
+    [delivery] = await layer.claim(["q"], 1, 30, 1)
+    assert await layer.ack(delivery, "ok", 60)
+    await check(done, JobStatus.SUCCEEDED)
+
+    dead = await enqueue(layer, max_attempts=4)
+    [delivery] = await layer.claim(["q"], 1, 30, 1)
+    await layer.release([delivery])
+    await check(dead, JobStatus.QUEUED)
+    [delivery] = await layer.claim(["q"], 1, 30, 1)
+    assert await layer.dead_letter(delivery, "gave up", "KeyError", "k", 60)
+    await check(dead, JobStatus.FAILED)
+
+    cancelled = await enqueue(layer, delay=10, max_attempts=4)
+    await check(cancelled, JobStatus.QUEUED)
+    assert await layer.cancel(cancelled)
+    await check(cancelled, JobStatus.CANCELLED)
 
 
 async def test_finished_records_expire_after_their_ttl(layer: Any) -> None:

@@ -188,6 +188,65 @@ def test_a_fresh_layer_finds_a_record_by_job_id_alone(redis_server: RedisServer)
     asyncio.run(close())
 
 
+async def test_a_send_writes_no_record_hash_until_its_job_is_taken(
+    redis_layer: RedisChannelLayer, redis_server: RedisServer
+) -> None:
+    """A waiting job's record is read from its stored message (one hash write less a
+    send); the claim writes what changed, and the end writes the whole record."""
+    message, record = job("q")
+    await redis_layer.enqueue("q", message, record)
+    key = f"{{{redis_layer.prefix}:q}}:job:{record.id}"
+    inspector = redis.Redis.from_url(redis_server.url)
+    try:
+        assert inspector.exists(key) == 0
+        found = await redis_layer.get_record(record.id)
+        assert found is not None
+        assert (found.status, found.type, found.channel) == (JobStatus.QUEUED, "t.job", "q")
+        [delivery] = await redis_layer.claim(["q"], 1, 30, 0)
+        assert set(inspector.hkeys(key)) == {b"status", b"attempt", b"started_at"}
+        assert await redis_layer.ack(delivery, 3, 60)
+        assert {b"id", b"type", b"channel", b"enqueued_at"} <= set(inspector.hkeys(key))
+    finally:
+        inspector.close()
+    found = await redis_layer.get_record(record.id)
+    assert found is not None
+    assert (found.status, found.type, found.result) == (JobStatus.SUCCEEDED, "t.job", 3)
+
+
+async def test_a_send_retried_after_its_job_ended_starts_a_fresh_record(
+    redis_layer: RedisChannelLayer,
+) -> None:
+    """The ended job's record (with its TTL) does not speak for the message stored again."""
+    message, record = job("q")
+    await redis_layer.enqueue("q", message, record)
+    [delivery] = await redis_layer.claim(["q"], 1, 30, 0)
+    assert await redis_layer.ack(delivery, "first", 60)
+    await redis_layer.enqueue("q", message, record)  # the same id: a send retried late
+    found = await redis_layer.get_record(record.id)
+    assert found is not None
+    assert (found.status, found.result, found.finished_at) == (JobStatus.QUEUED, None, None)
+    [delivery] = await redis_layer.claim(["q"], 1, 30, 0)
+    assert delivery.attempt == 1
+    assert await redis_layer.ack(delivery, "second", 60)
+    assert (await redis_layer.get_record(record.id)).result == "second"  # type: ignore[union-attr]
+
+
+async def test_a_job_message_sent_as_a_plain_message_gets_a_record_when_taken(
+    redis_layer: RedisChannelLayer,
+) -> None:
+    """A layerq job message sent with Channels' send() still runs with a record."""
+    message, record = job("q")
+    await redis_layer.send("q", message)
+    [delivery] = await redis_layer.claim(["q"], 1, 30, 0)
+    running = await redis_layer.get_record(record.id)
+    assert running is not None
+    assert (running.status, running.type, running.attempt) == (JobStatus.RUNNING, "t.job", 1)
+    assert await redis_layer.dead_letter(delivery, "boom", "ValueError", "bad", 60)
+    failed = await redis_layer.get_record(record.id)
+    assert failed is not None
+    assert (failed.status, failed.type, failed.channel) == (JobStatus.FAILED, "t.job", "q")
+
+
 def test_missing_redis_server_binary_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without redis-server on PATH the test helper names the apt-get command."""
     monkeypatch.setattr(shutil, "which", lambda name: None)

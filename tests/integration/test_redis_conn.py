@@ -53,7 +53,7 @@ async def test_password_and_db_from_the_url_are_used(guarded_server: RedisServer
         layer.enqueue_sync("jobs", message, record)  # the sync connection authenticates too
         inspector = redis.Redis(port=guarded_server.port, password="s3cret", db=3)
         try:
-            assert inspector.exists(f"{{guarded:jobs}}:job:{record.id}") == 1
+            assert inspector.hexists("{guarded:jobs}:msg", record.id)
             assert redis.Redis(port=guarded_server.port, password="s3cret").dbsize() == 0
         finally:
             inspector.close()
