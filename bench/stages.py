@@ -4,7 +4,9 @@ The bench tables give one number per system; this splits layerq's into the
 stages of one job (``send().result()`` from a sync producer, ``runworker``
 with the defaults, a private Redis), as medians over ``--jobs`` sequential
 jobs, and adds what Redis spent per job by command (``INFO commandstats``;
-script calls include the commands they make). For comparing two commits::
+script calls include the commands they make) and per script call (SLOWLOG
+medians; logging every command costs Redis a little, the same for both sides
+of a comparison). For comparing two commits::
 
     python -m bench.stages --pin                     # this checkout
     python -m bench.stages --pin --tree /tmp/old     # a git worktree of another
@@ -17,6 +19,7 @@ a few microseconds, the same for both sides of a comparison. Not a test.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -65,6 +68,9 @@ def _measure(jobs: int, pin: bool, tree: Path) -> int:
         )
         if pin:
             pin_server(client, 0)
+        # Every command's own time, scripts apart (INFO lumps all EVALSHAs together).
+        client.config_set("slowlog-log-slower-than", 0)
+        client.config_set("slowlog-max-len", 64 * (jobs + WARMUP))
         with (Path(directory) / "worker.log").open("wb") as log:
             worker = subprocess.Popen(
                 [sys.executable, __file__, "--role", "worker"], cwd=ROOT, env=env,
@@ -91,8 +97,27 @@ def _measure(jobs: int, pin: bool, tree: Path) -> int:
         for name, row in sorted(stats.items(), key=lambda item: -item[1]["usec"]):
             if row["calls"] >= total // 2:
                 print(f"  {name[8:]:12} {row['usec'] / total:7.1f}  ({row['calls'] / total:.1f})")
+        print("Redis per script call, us (median; commands they make included):")
+        for name, median in _script_medians(client, tree, total):
+            print(f"  {name:12} {median:7.1f}")
         client.close()
     return 0
+
+
+def _script_medians(client: Any, tree: Path, total: int) -> list[tuple[str, float]]:
+    """Each layerq script's median run time from SLOWLOG, slowest first."""
+    names = {
+        hashlib.sha1(path.read_bytes()).hexdigest(): path.stem.removeprefix("redis_")
+        for path in (tree / "layerq" / "layers").glob("redis_*.lua")
+    }
+    times: dict[str, list[int]] = {}
+    for entry in client.slowlog_get(64 * total):
+        command = entry["command"].split()
+        if command[0].upper() == b"EVALSHA" and len(command) > 1:
+            name = names.get(command[1].decode(), "other")
+            times.setdefault(name, []).append(entry["duration"])
+    rows = [(name, statistics.median(t)) for name, t in times.items() if len(t) >= total // 2]
+    return sorted(rows, key=lambda row: -row[1])
 
 
 def _producer() -> None:
