@@ -44,6 +44,18 @@ SYSTEMS = [
         bulk=True,
     ),
     System(
+        "floor-reliable",
+        "redis-py reliable floor",
+        "floor_reliable",
+        note=(
+            "the floor plus the least that loses no job and keeps a record: send = record +"
+            " LPUSH (one script), take = BLMOVE onto a processing list, ack = LREM + record"
+            " succeeded with result and TTL + wake token (one script), result = BLPOP + HGET;"
+            " no leases, retries, dead letters, delays, capacity or running state"
+        ),
+        bulk=True,
+    ),
+    System(
         "layerq-sqlite",
         "layerq SQLite",
         "layerq_system",
