@@ -28,6 +28,7 @@ import importlib
 import importlib.metadata
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -152,6 +153,15 @@ async def asequential(
         await round_trip(index)
         times.append([sent, time.time()])
     return times
+
+
+def stop_requested() -> Callable[[], bool]:
+    """Catch SIGTERM and SIGINT (how the harness stops a worker); the returned
+    function says whether one came, for a worker's own loop to end on."""
+    caught: list[int] = []
+    signal.signal(signal.SIGTERM, lambda number, _: caught.append(number))
+    signal.signal(signal.SIGINT, lambda number, _: caught.append(number))
+    return lambda: bool(caught)
 
 
 def rss_mb() -> float:

@@ -8,7 +8,6 @@ non-transactional pipeline executed every ``PIPELINE_CHUNK`` jobs.
 from __future__ import annotations
 
 import json
-import signal
 from typing import Any
 
 import redis
@@ -25,6 +24,7 @@ from bench.systems.common import (
     bulk_timed,
     payload,
     sequential,
+    stop_requested,
     timed,
 )
 
@@ -64,15 +64,8 @@ def enqueue_bulk(config: Config) -> dict[str, Any]:
 
 def worker(config: Config) -> None:
     client = _client(config)
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while not stopping:
+    stopping = stop_requested()
+    while not stopping():
         popped = client.brpop([QUEUE], timeout=POP_TIMEOUT)
         if popped is None:
             continue

@@ -19,7 +19,6 @@ be read. Every job is acked (a record per job), as layerq settles every job.
 from __future__ import annotations
 
 import json
-import signal
 from typing import Any
 
 import redis
@@ -36,6 +35,7 @@ from bench.systems.common import (
     bulk_timed,
     payload,
     sequential,
+    stop_requested,
     timed,
 )
 
@@ -111,15 +111,8 @@ def worker(config: Config) -> None:
     client = _client(config)
     ack = client.register_script(ACK)
     processing = f"{QUEUE}:processing:1"
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while not stopping:
+    stopping = stop_requested()
+    while not stopping():
         body = client.blmove(QUEUE, processing, POP_TIMEOUT, "RIGHT", "LEFT")
         if body is None:
             continue
