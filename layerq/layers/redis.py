@@ -184,7 +184,8 @@ class RedisChannelLayer(RedisBase):
     async def enqueue_many(
         self, channel: str, batch: Sequence[Queued], delay: float = 0.0
     ) -> list[bool]:
-        """Store each job and its queued record atomically, a round trip per chunk.
+        """Store each job atomically, a round trip per chunk (a waiting job's record is
+        read from its stored message, see redis_enqueue.lua).
 
         A chunk retried after a fault is not stored twice: the script knows
         the ids it holds.
@@ -500,8 +501,11 @@ class RedisChannelLayer(RedisBase):
         if channel is None:
             return False
         pipe = self._pipe(self._host(channel))
-        script, expire = self._cancel_calls(channel, job_id)
         with transport_errors("cancel"):
+            (payload,) = await pipe.call([self._payload_call(channel, job_id)])
+            if payload is None:
+                return False  # not stored: ended, or never sent
+            script, expire = self._cancel_calls(channel, job_id, payload)
             (cancelled,) = await pipe.call([script])
             if cancelled:
                 await pipe.call([expire])
@@ -513,8 +517,11 @@ class RedisChannelLayer(RedisBase):
         if channel is None:
             return False
         pipe = self._sync(self._host(channel))
-        script, expire = self._cancel_calls(channel, job_id)
         with transport_errors("cancel"):
+            (payload,) = pipe.call([self._payload_call(channel, job_id)])
+            if payload is None:
+                return False
+            script, expire = self._cancel_calls(channel, job_id, payload)
             (cancelled,) = pipe.call([script])
             if cancelled:
                 pipe.call([expire])

@@ -8,13 +8,15 @@
 -- ARGV[1]  job id (= message id)
 -- ARGV[2]  now (epoch seconds)
 -- ARGV[3]  record ttl (ms)
--- ARGV[4]  the channel's name (for the record)
+-- ARGV[4...] the record's fixed field/value pairs (id, type, channel, enqueued_at,
+--          max_attempts), read by the layer from the stored message: while a job
+--          waits its record is read from its payload (redis_enqueue.lua), which
+--          goes now
 -- Returns 1 cancelled, 0 not waiting (running, finished or unknown).
 local base = KEYS[1]
 local id = ARGV[1]
 local msg = base .. ':msg'
-local payload = redis.call('HGET', msg, id)
-if not payload or redis.call('ZSCORE', base .. ':lease', id) then
+if redis.call('HEXISTS', msg, id) == 0 or redis.call('ZSCORE', base .. ':lease', id) then
   return 0
 end
 -- LREM is O(n) in the backlog; cancelling is rare and must not leave the id
@@ -28,29 +30,8 @@ redis.call('HDEL', base .. ':rel', id)
 redis.call('SREM', base .. ':recl', id)
 local record = base .. ':job:' .. id
 if string.byte(id, 1) ~= 46 then
-  -- A job's fixed fields were read from its payload while it waited
-  -- (redis_enqueue.lua); the payload goes now, so the record keeps them.
-  local fields = {'id', id, 'channel', ARGV[4]}
-  local ok, message = pcall(cmsgpack.unpack, payload)
-  if ok and type(message) == 'table' then
-    if type(message['type']) == 'string' then
-      fields[#fields + 1] = 'type'
-      fields[#fields + 1] = message['type']
-    end
-    local envelope = message['layerq']
-    if type(envelope) == 'table' then
-      if type(envelope['enqueued']) == 'number' then
-        fields[#fields + 1] = 'enqueued_at'
-        fields[#fields + 1] = string.format('%.17g', envelope['enqueued'])
-      end
-      if type(envelope['max_attempts']) == 'number' then
-        fields[#fields + 1] = 'max_attempts'
-        fields[#fields + 1] = string.format('%d', envelope['max_attempts'])
-      end
-    end
-  end
   redis.call('HSET', record, 'status', 'cancelled', 'finished_at', ARGV[2],
-    'expires_at', ARGV[2] + ARGV[3] / 1000, unpack(fields))
+    'expires_at', ARGV[2] + ARGV[3] / 1000, unpack(ARGV, 4))
   redis.call('PEXPIRE', record, ARGV[3])
   if redis.call('HDEL', record, 'watch') == 1 then
     local done = base .. ':done:' .. id

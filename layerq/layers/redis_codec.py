@@ -86,26 +86,43 @@ def pairs(raw: list[Any]) -> dict[Any, Any]:
     return dict(zip(raw[::2], raw[1::2], strict=True))
 
 
-def fixed_record_pairs(job_id: str, channel: str, message: Mapping[str, Any]) -> list[str]:
-    """A job's record fields that never change, as HSET pairs, from its message.
+def fixed_record_pairs(message: Mapping[str, Any], channel: str) -> list[str]:
+    """A job's record fields that never change, as HSET pairs, from its stored
+    message (as decoded, before anything reads or changes it); [] for a message
+    that is not a job's.
 
     While a job is stored, these are read from its payload (see
     :func:`decode_record`); once it ends its payload is gone, so the settle
-    that ends it writes them into the record (redis_settle.lua).
+    or cancel that ends it writes them into the record. ``channel`` is where
+    the message is stored; a message for a process-local channel names its
+    own.
     """
-    pairs = ["id", job_id, "channel", channel]
+    job_id = job_id_of(message)
+    if job_id is None:
+        return []
+    target = message.get(LOCAL_CHANNEL_KEY)
+    pairs = ["id", job_id, "channel", target if isinstance(target, str) else channel]
     kind = message.get("type")
     if isinstance(kind, str):
         pairs += ["type", kind]
-    envelope = message.get(ENVELOPE_KEY)
-    if isinstance(envelope, dict):
-        enqueued = envelope.get("enqueued")
-        if isinstance(enqueued, int | float) and not isinstance(enqueued, bool):
-            pairs += ["enqueued_at", number(enqueued)]
-        attempts = envelope.get("max_attempts")
-        if isinstance(attempts, int) and not isinstance(attempts, bool):
-            pairs += ["max_attempts", str(attempts)]
+    envelope = message[ENVELOPE_KEY]
+    enqueued = envelope.get("enqueued")
+    if isinstance(enqueued, int | float) and not isinstance(enqueued, bool):
+        pairs += ["enqueued_at", number(enqueued)]
+    attempts = envelope.get("max_attempts")
+    if isinstance(attempts, int) and not isinstance(attempts, bool):
+        pairs += ["max_attempts", str(attempts)]
     return pairs
+
+
+def payload_record_pairs(payload: bytes | None, channel: str) -> list[str]:
+    """:func:`fixed_record_pairs` of a stored payload; [] when there is none to read."""
+    if payload is None:
+        return []
+    try:
+        return fixed_record_pairs(decode_message(payload), channel)
+    except ValueError:
+        return []
 
 
 def decode_record(
@@ -127,16 +144,11 @@ def decode_record(
             result = value
         else:
             fields[name] = text(value)
-    if "id" not in fields and payload is not None:
-        try:
-            message = decode_message(payload)
-        except ValueError:
-            message = {}
-        job_id = job_id_of(message)
-        if job_id is not None:
-            fixed = fixed_record_pairs(job_id, channel, message)
-            for name, value in zip(fixed[::2], fixed[1::2], strict=True):
-                fields.setdefault(name, value)  # the hash, where it has one, is newer
+    if "id" not in fields:
+        fixed = payload_record_pairs(payload, channel)
+        for name, value in zip(fixed[::2], fixed[1::2], strict=True):
+            fields.setdefault(name, value)  # the hash, where it has one, is newer
+        if fixed:
             fields.setdefault("status", "queued")
     expires = fields.pop("expires_at", None)
     # Redis expires the hash on its own clock; this honours layerq's too.
@@ -161,6 +173,8 @@ def delivery(channel: str, row: list[Any]) -> Delivery:
         message = decode_message(payload)
     except ValueError:
         message = {}  # undecodable: the worker dead-letters it; the bytes stay stored
+    # Taken now, before a handler could change the message it is given.
+    record = tuple(fixed_record_pairs(message, channel))
     target = message.pop(LOCAL_CHANNEL_KEY, channel)
     return Delivery(
         id=text(raw_id),
@@ -170,6 +184,7 @@ def delivery(channel: str, row: list[Any]) -> Delivery:
         token=str(token),
         reclaimed=bool(reclaimed),
         job_id=job_id_of(message),
+        record=record,
     )
 
 

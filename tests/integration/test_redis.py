@@ -247,6 +247,31 @@ async def test_a_job_message_sent_as_a_plain_message_gets_a_record_when_taken(
     assert (failed.status, failed.type, failed.channel) == (JobStatus.FAILED, "t.job", "q")
 
 
+async def test_a_job_on_a_process_local_channel_keeps_its_full_channel_name(
+    redis_layer: RedisChannelLayer,
+) -> None:
+    """Its record names the channel it was sent to, waiting, running, ended, cancelled."""
+    for ending in ("ack", "cancel"):
+        message, record = job("a.b!c")
+        await redis_layer.enqueue("a.b!c", message, record)
+        found = await redis_layer.get_record(record.id)
+        assert found is not None
+        assert (found.status, found.channel) == (JobStatus.QUEUED, "a.b!c")
+        if ending == "cancel":
+            assert await redis_layer.cancel(record.id)
+            expected = JobStatus.CANCELLED
+        else:
+            [delivery] = await redis_layer.claim(["a.b!c"], 1, 30, 0)
+            found = await redis_layer.get_record(record.id)
+            assert found is not None
+            assert (found.status, found.channel) == (JobStatus.RUNNING, "a.b!c")
+            assert await redis_layer.ack(delivery, 1, 60)
+            expected = JobStatus.SUCCEEDED
+        found = await redis_layer.get_record(record.id)
+        assert found is not None
+        assert (found.status, found.channel, found.type) == (expected, "a.b!c", "t.job")
+
+
 def test_missing_redis_server_binary_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without redis-server on PATH the test helper names the apt-get command."""
     monkeypatch.setattr(shutil, "which", lambda name: None)
