@@ -305,8 +305,10 @@ async def test_plain_message_reaches_claim_to_be_dead_lettered(layer: Any) -> No
     assert (letter.reason, letter.message) == ("no envelope", {"type": "legacy"})
 
 
-async def test_waiting_claim_wakes_within_milliseconds(layer: Any) -> None:
-    """A claim blocked on an empty channel returns soon after an enqueue."""
+async def test_waiting_claim_wakes_on_an_enqueue(layer: Any) -> None:
+    """A claim blocked on an empty channel returns soon after an enqueue: woken by it,
+    not at the end of its blocking chunk (1 s on Redis). The bound leaves a loaded
+    machine room; speed itself is measured in bench/."""
     loop = asyncio.get_running_loop()
     waiting = asyncio.create_task(layer.claim(["q"], 1, 30, 5))
     await asyncio.sleep(0.2)
@@ -314,4 +316,4 @@ async def test_waiting_claim_wakes_within_milliseconds(layer: Any) -> None:
     job_id = await enqueue(layer)
     [delivery] = await asyncio.wait_for(waiting, 2)
     assert delivery.job_id == job_id
-    assert loop.time() - started < 0.1
+    assert loop.time() - started < 0.5
