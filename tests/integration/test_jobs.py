@@ -80,12 +80,13 @@ async def test_timeout_fails_a_job_that_runs_too_long(layer: Any) -> None:
 
 
 async def test_delayed_job_waits_before_running(layer: Any) -> None:
-    """A job sent with delay= does not start before the delay."""
+    """A job sent with delay= does not start before the delay (by its record's times)."""
     job = await Add(a=1, b=1).asend(delay=0.5)
     async with running_worker(["math"]):
-        await asyncio.sleep(0.25)
-        assert await job.astatus() is JobStatus.QUEUED
         assert await job.aresult(timeout=10) == 2
+    record = await job.arecord()
+    assert record.started_at is not None and record.enqueued_at is not None
+    assert record.started_at - record.enqueued_at >= 0.5
 
 
 @pytest.mark.parametrize(
@@ -217,6 +218,67 @@ async def test_cancelled_job_raises_job_cancelled(layer: Any) -> None:
     assert await job.acancel()
     with pytest.raises(layerq.JobCancelled):
         await job.aresult(timeout=1)
+
+
+async def test_sync_cancel_stops_a_waiting_job_but_not_a_running_one(layer: Any) -> None:
+    """Job.cancel() from sync code: True for a job not yet started, False once it runs."""
+    waiting = await Multiply(a=2, b=2).asend(delay=30)
+    assert await asyncio.to_thread(waiting.cancel)
+    assert await waiting.astatus() is JobStatus.CANCELLED
+    running = await Sleep(seconds=0.5).asend()
+    async with running_worker(["slow"]):
+        for _ in range(500):
+            if await running.astatus() is JobStatus.RUNNING:
+                break
+            await asyncio.sleep(0.01)
+        assert not await asyncio.to_thread(running.cancel)
+        await running.aresult(timeout=10)
+    assert await running.astatus() is JobStatus.SUCCEEDED
+
+
+async def test_sync_handler_past_its_timeout_fails_and_its_late_result_is_dropped(
+    layer: Any,
+) -> None:
+    """A sync handler cannot be stopped: at its timeout the job fails, and what the
+    thread returns later does not change that."""
+    job = await SyncSleep(seconds=0.6).asend(timeout=0.2, max_attempts=1)
+    async with running_worker(["sync"]):
+        with pytest.raises(layerq.JobFailed) as failed:
+            await job.aresult(timeout=10)
+        await asyncio.sleep(0.6)  # the thread has returned by now
+    assert failed.value.error_type == "TimeoutError"
+    record = await job.arecord()
+    assert (record.status, record.result) == (JobStatus.FAILED, None)
+
+
+@override_settings(LAYERQ={"sign": False})
+async def test_unsigned_jobs_run_when_signing_is_off(layer: Any) -> None:
+    """With LAYERQ['sign'] False, producers sign nothing and workers accept unsigned jobs."""
+    job = await Add(a=2, b=5).asend()
+    assert "sig" not in (await layer.claim(["math"], 1, 30, 0))[0].message["layerq"]
+    await layer.flush()
+    job = await Add(a=2, b=5).asend()
+    async with running_worker(["math"]):
+        assert await job.aresult(timeout=10) == 7
+
+
+@override_settings(LAYERQ={"result_ttl": 5.0})
+async def test_result_ttl_setting_sets_how_long_a_finished_record_is_kept(layer: Any) -> None:
+    """The worker keeps a finished job's record for LAYERQ['result_ttl'] seconds."""
+    from layerq import clock
+
+    job = await Add(a=1, b=2).asend()
+    async with running_worker(["math"]):
+        assert await job.aresult(timeout=10) == 3
+    now = clock.now()
+    clock.set_clock(lambda: now + 4)
+    try:
+        assert await job.astatus() is JobStatus.SUCCEEDED
+        clock.set_clock(lambda: now + 6)
+        with pytest.raises(layerq.JobNotFound):
+            await job.astatus()
+    finally:
+        clock.set_clock(None)
 
 
 async def test_result_timeout_when_no_worker_runs(layer: Any) -> None:
