@@ -85,7 +85,8 @@ async def test_delayed_job_waits_before_running(layer: Any) -> None:
     async with running_worker(["math"]):
         assert await job.aresult(timeout=10) == 2
     record = await job.arecord()
-    assert record.started_at is not None and record.enqueued_at is not None
+    assert record.started_at is not None
+    assert record.enqueued_at is not None
     assert record.started_at - record.enqueued_at >= 0.5
 
 
@@ -161,7 +162,8 @@ async def all_ran_at_once(jobs: list[layerq.Job]) -> bool:
     records = [await job.arecord() for job in jobs]
     starts = [record.started_at for record in records]
     ends = [record.finished_at for record in records]
-    assert None not in starts and None not in ends
+    assert None not in starts
+    assert None not in ends
     return max(starts) < min(ends)  # type: ignore[type-var]
 
 
