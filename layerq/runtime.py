@@ -124,6 +124,7 @@ class Worker:
         self._slot_free = asyncio.Event()
         self._stopping = False
         self._hard_stop = False
+        self._stop_now = asyncio.Event()  #: set by a second stop: end the grace period
         self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="layerq-job")
         self._is_async: dict[Any, bool] = {}  # handler function -> async def?
         self._retry_due = 0.0  # monotonic time the last retry this worker scheduled is due
@@ -134,10 +135,11 @@ class Worker:
     def request_stop(self) -> None:
         """First call: stop claiming and drain. Second call: stop now."""
         if self._stopping:
+            # _drain cancels the running jobs and returns them to their channels; a
+            # job cancelled here would leave its record before it could be returned.
             self._hard_stop = True
             log.warning("worker.stopping", graceful=False)
-            for running in self._running.values():
-                running.task.cancel()
+            self._stop_now.set()
         else:
             self._stopping = True
             log.info("worker.stopping", graceful=True, in_flight=len(self._running))
@@ -211,8 +213,17 @@ class Worker:
 
     async def _drain(self) -> None:
         if self._running and not self._hard_stop:
-            tasks = [r.task for r in self._running.values()]
-            await asyncio.wait(tasks, timeout=self.shutdown_timeout)
+            # The jobs in flight may finish within the grace period, unless a second
+            # stop comes first.
+            finished = asyncio.ensure_future(asyncio.wait([r.task for r in self._running.values()]))
+            stop_now = asyncio.ensure_future(self._stop_now.wait())
+            await asyncio.wait(
+                [finished, stop_now],
+                timeout=self.shutdown_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            for waiter in (finished, stop_now):
+                waiter.cancel()
         unsettled = [r for r in self._running.values() if not r.settled]
         for running in unsettled:
             running.task.cancel()

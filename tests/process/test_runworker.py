@@ -53,7 +53,8 @@ def test_stop_signal_lets_running_jobs_finish_and_leaves_the_rest_queued(
     shared_layer: Any, start_worker: Any, stop: signal.Signals
 ) -> None:
     """On SIGTERM or SIGINT the jobs in flight finish; jobs not yet started stay queued."""
-    jobs = [Sleep(seconds=1.0, marker=f"j{i}").send() for i in range(6)]
+    # 3 s jobs: the signal must come while the first three run, even on a loaded machine.
+    jobs = [Sleep(seconds=3.0, marker=f"j{i}").send() for i in range(6)]
     worker = start_worker("slow", "--concurrency", "3", "--shutdown-timeout", "20")
     wait_until(lambda: len(runs(shared_layer["runs"])) == 3, 20, "three jobs to start")
     worker.signal(stop)
@@ -62,6 +63,27 @@ def test_stop_signal_lets_running_jobs_finish_and_leaves_the_rest_queued(
     assert statuses.count(JobStatus.SUCCEEDED) == 3, statuses
     assert statuses.count(JobStatus.QUEUED) == 3, statuses
     assert len(runs(shared_layer["runs"])) == 3, "no job started after SIGTERM"
+
+
+def test_a_second_stop_signal_returns_running_jobs_at_once(
+    shared_layer: Any, start_worker: Any
+) -> None:
+    """A second SIGTERM does not wait out the grace period: the running jobs go back
+    unfinished at once, their attempt not counted."""
+    jobs = [Sleep(seconds=30, marker=f"hard{i}").send() for i in range(2)]
+    worker = start_worker("slow", "--concurrency", "2", "--shutdown-timeout", "60")
+    wait_until(lambda: len(runs(shared_layer["runs"])) == 2, 20, "both jobs to start")
+    worker.signal(signal.SIGTERM)
+    wait_until(lambda: "worker.stopping" in worker.output(), 10, "the first stop to be logged")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(15) == 0, worker.output()
+    for job in jobs:
+        record = job.record()
+        assert (record.status, record.attempt) == (JobStatus.QUEUED, 0)
+    stops = [line for line in map(json.loads, worker.output().splitlines())
+             if line["event"] == "worker.stopping"]  # fmt: skip
+    assert [line["graceful"] for line in stops] == [True, False]
+    assert worker.output().count('"job.returned"') == 2
 
 
 def test_sigterm_past_the_grace_period_returns_jobs_unfinished(
