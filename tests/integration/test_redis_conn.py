@@ -62,6 +62,39 @@ async def test_password_and_db_from_the_url_are_used(guarded_server: RedisServer
         await layer.close()
 
 
+async def test_an_acl_username_from_the_url_or_the_options_is_used(
+    guarded_server: RedisServer,
+) -> None:
+    """A Redis 6+ ACL user authenticates, given in the URL or as username/password."""
+    admin = redis.Redis(port=guarded_server.port, password="s3cret")
+    try:
+        admin.acl_setuser(
+            "jobs", enabled=True, passwords=["+pw1"], keys=["*"], channels=["*"],
+            commands=["+@all"],
+        )  # fmt: skip
+    finally:
+        admin.close()
+    for host in (
+        f"redis://jobs:pw1@127.0.0.1:{guarded_server.port}/0",
+        {"address": ("127.0.0.1", guarded_server.port), "username": "jobs", "password": "pw1"},
+    ):
+        layer = RedisChannelLayer(hosts=[host], prefix="acl")
+        try:
+            await layer.send("c", {"type": "t", "who": "jobs"})
+            assert await asyncio.wait_for(layer.receive("c"), 5) == {"type": "t", "who": "jobs"}
+        finally:
+            await layer.flush()
+            await layer.close()
+    wrong = RedisChannelLayer(
+        hosts=[f"redis://jobs:nope@127.0.0.1:{guarded_server.port}/0"], prefix="acl"
+    )
+    try:
+        with pytest.raises(redis.ResponseError, match=r"WRONGPASS|invalid"):
+            await wrong.send("c", {"type": "t"})
+    finally:
+        await wrong.close()
+
+
 async def test_a_wrong_password_is_an_error_not_a_hang(guarded_server: RedisServer) -> None:
     """Redis refusing the credentials surfaces at once as Redis's own error."""
     layer = RedisChannelLayer(hosts=[f"redis://:wrong@127.0.0.1:{guarded_server.port}/0"])

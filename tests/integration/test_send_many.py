@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -40,6 +41,22 @@ async def test_asend_many_jobs_run_with_their_results(layer: Any) -> None:
     async with running_worker(["math"]):
         results = [await job.aresult(timeout=10) for job in jobs]
     assert results == [i + 100 for i in range(20)]
+
+
+async def test_every_job_of_a_batch_tells_its_notify_groups(layer: Any) -> None:
+    """asend_many(notify=) applies to each job: the group hears each one succeed."""
+    listener = await layer.new_channel()
+    await layer.group_add("layerq.user.9", listener)
+    jobs = await layerq.asend_many([Add(a=i, b=1) for i in range(3)], notify=layerq.user_group(9))
+    async with running_worker(["math"]):
+        for job in jobs:
+            await job.aresult(timeout=10)
+        seen = set()
+        while len(seen) < 3:
+            event = await asyncio.wait_for(layer.receive(listener), 5)
+            if event["type"] == "layerq.job.succeeded":
+                seen.add(event["job"]["id"])
+    assert seen == {job.id for job in jobs}
 
 
 def test_a_bad_event_names_its_field(sync_layer: Any) -> None:
