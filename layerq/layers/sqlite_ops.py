@@ -61,16 +61,24 @@ def insert(
 
     Job messages never expire; plain ones expire ``expiry`` seconds from now.
     """
-    row = db.execute("SELECT size FROM channel_sizes WHERE channel = ?", (channel,)).fetchone()
-    if row is not None and row[0] >= capacity:
-        return False
     now = clock.now()
+    if _size(db, channel) >= capacity:
+        # Expired plain messages count until the periodic sweep removes them: drop
+        # this channel's first, so a channel whose messages all expired is not full.
+        db.execute("DELETE FROM messages WHERE channel = ? AND expires_at <= ?", (channel, now))
+        if _size(db, channel) >= capacity:
+            return False
     job_id = job_id_of(message)
     db.execute(
         "INSERT INTO messages (channel, body, ready_at, expires_at, job_id) VALUES (?,?,?,?,?)",
         (channel, encode(message), now + delay, None if job_id else now + expiry, job_id),
     )
     return True
+
+
+def _size(db: sqlite3.Connection, channel: str) -> int:
+    row = db.execute("SELECT size FROM channel_sizes WHERE channel = ?", (channel,)).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def pop(db: sqlite3.Connection, channel: str) -> bytes | None:
@@ -355,5 +363,4 @@ def requeue_dead(db: sqlite3.Connection, channel: str, ids: Sequence[str] | None
 
 
 def pending(db: sqlite3.Connection, channel: str) -> int:
-    row = db.execute("SELECT size FROM channel_sizes WHERE channel = ?", (channel,)).fetchone()
-    return int(row[0]) if row else 0
+    return _size(db, channel)

@@ -62,6 +62,35 @@ async def test_channel_capacity_patterns_override_the_default(layer: Any) -> Non
     await layer.send("other", {"type": "x"})
 
 
+async def test_capacity_and_expiry_come_from_the_layer_config(layer_settings: Any) -> None:
+    """capacity, channel_capacity and expiry given in CONFIG (as Channels passes them)
+    are what the layer holds sends to."""
+    from django.utils.module_loading import import_string
+
+    alias = layer_settings["default"]
+    options = {"capacity": 2, "channel_capacity": {"tiny-*": 1}, "expiry": 5}
+    configured = import_string(alias["BACKEND"])(**alias["CONFIG"], **options)
+    now = clock.now()
+    try:
+        await configured.send("tiny-one", {"type": "x"})
+        with pytest.raises(layerq.QueueFull):
+            await configured.send("tiny-one", {"type": "x"})
+        await configured.send("spec-config", {"type": "old"})
+        await configured.send("spec-config", {"type": "old"})
+        with pytest.raises(layerq.QueueFull):
+            await configured.send("spec-config", {"type": "x"})
+        clock.set_clock(lambda: now + 10)  # both "old" messages are past their expiry
+        await configured.send("spec-config", {"type": "fresh"})
+        received = await asyncio.wait_for(configured.receive("spec-config"), 5)
+        assert received["type"] == "fresh"
+    finally:
+        clock.set_clock(None)
+        await configured.flush()
+        close = getattr(configured, "close", None)
+        if close is not None:
+            await close()
+
+
 async def test_plain_messages_expire(layer: Any) -> None:
     """A plain message older than `expiry` is not delivered."""
     now = clock.now()
