@@ -1,4 +1,5 @@
-"""The SQLite layer's connections are closed, not left to the garbage collector.
+"""The SQLite layer's connections: closed, not left to the garbage collector, and
+never surfacing sqlite3's own 'database is locked'.
 
 Python 3.13 warns (ResourceWarning) about a connection collected open; a
 Django thread pool's finished threads and every dropped layer would warn.
@@ -71,3 +72,26 @@ def test_dropping_a_used_database_warns_nothing(tmp_path: Path) -> None:
     database.write(lambda db: db.execute("SELECT 1"))
     del database
     gc.collect()
+
+
+async def test_a_write_lock_held_past_busy_timeout_is_a_transport_error(tmp_path: Path) -> None:
+    """Another process holding the write lock makes a send wait busy_timeout a try, then
+    raise layerq.TransportError (never sqlite3's 'database is locked'); once the lock is
+    let go, sends work again."""
+    import layerq
+    from layerq.layers import SQLiteChannelLayer
+
+    path = tmp_path / "layer.sqlite3"
+    layer = SQLiteChannelLayer(path=str(path), busy_timeout=0.2)
+    await layer.send("c", {"type": "first"})  # the schema exists before the lock is taken
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock, as a long writer would
+        with pytest.raises(layerq.TransportError):
+            await layer.send("c", {"type": "blocked"})
+        other.execute("ROLLBACK")
+        await layer.send("c", {"type": "after"})
+        assert [(await layer.receive("c"))["type"] for _ in range(2)] == ["first", "after"]
+    finally:
+        other.close()
+        await layer.close()
