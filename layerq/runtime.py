@@ -135,8 +135,8 @@ class Worker:
     def request_stop(self) -> None:
         """First call: stop claiming and drain. Second call: stop now."""
         if self._stopping:
-            # _drain cancels the running jobs and returns them to their channels; a
-            # job cancelled here would leave its record before it could be returned.
+            # _drain cancels the running jobs and returns them to their channels; a job
+            # cancelled here would leave _running before _drain could return it.
             self._hard_stop = True
             log.warning("worker.stopping", graceful=False)
             self._stop_now.set()
