@@ -24,6 +24,7 @@ from typing import Any
 import redis
 
 from bench import recorder
+from bench.systems import floor
 from bench.systems.common import (
     BULK,
     BULK_QUEUE,
@@ -39,11 +40,11 @@ from bench.systems.common import (
     timed,
 )
 
-PACKAGES = ["redis", "hiredis"]
-#: BLMOVE timeout: how often an idle worker looks at its stop flag
-POP_TIMEOUT = 1
-#: sends per pipeline execution in ``enqueue_bulk``
-PIPELINE_CHUNK = 1000
+# The floor's packages, idle wait and bulk pipeline chunk: the two rows differ only by
+# what this one adds.
+PACKAGES = floor.PACKAGES
+POP_TIMEOUT = floor.POP_TIMEOUT
+PIPELINE_CHUNK = floor.PIPELINE_CHUNK
 #: how long a finished job's record is kept
 RECORD_TTL = 3600
 
