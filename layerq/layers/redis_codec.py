@@ -125,9 +125,7 @@ def payload_record_pairs(payload: bytes | None, channel: str) -> list[str]:
         return []
 
 
-def decode_record(
-    raw: Mapping[Any, Any], payload: bytes | None = None, channel: str = ""
-) -> JobRecord | None:
+def decode_record(raw: Mapping[Any, Any], payload: bytes | None, channel: str) -> JobRecord | None:
     """The JobRecord of a job, from its record hash and its stored ``payload``.
 
     A job that has not ended has no record hash (it waits) or one that holds
