@@ -157,6 +157,15 @@ async def test_notify_groups_receive_progress_then_success(layer: Any) -> None:
     assert all(e["job"]["id"] == job.id for e in events)
 
 
+async def until_running(job: layerq.Job) -> None:
+    """Wait (up to 5 s) until a worker has started ``job``."""
+    for _ in range(500):
+        if await job.astatus() is JobStatus.RUNNING:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"job {job.id} did not start within 5 s")
+
+
 async def all_ran_at_once(jobs: list[layerq.Job]) -> bool:
     """Whether every job started before any of them finished (by their records)."""
     records = [await job.arecord() for job in jobs]
@@ -191,10 +200,7 @@ async def test_a_job_longer_than_its_lease_keeps_it_by_heartbeat(layer: Any) -> 
     job = await Sleep(seconds=3.0).asend(max_attempts=1)
     with override_settings(LAYERQ={"lease": 1.0}):
         async with running_worker(["slow"]):
-            for _ in range(500):
-                if (await job.astatus()) is JobStatus.RUNNING:
-                    break
-                await asyncio.sleep(0.01)
+            await until_running(job)
             await asyncio.sleep(2.0)  # two leases later
             assert await layer.claim(["slow"], 1, 30, 0) == []
             await job.aresult(timeout=10)
@@ -229,10 +235,7 @@ async def test_sync_cancel_stops_a_waiting_job_but_not_a_running_one(layer: Any)
     assert await waiting.astatus() is JobStatus.CANCELLED
     running = await Sleep(seconds=0.5).asend()
     async with running_worker(["slow"]):
-        for _ in range(500):
-            if await running.astatus() is JobStatus.RUNNING:
-                break
-            await asyncio.sleep(0.01)
+        await until_running(running)
         assert not await asyncio.to_thread(running.cancel)
         await running.aresult(timeout=10)
     assert await running.astatus() is JobStatus.SUCCEEDED
