@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import pytest
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, User
 
@@ -60,3 +62,42 @@ async def test_failure_is_forwarded_with_the_error(layer: Any) -> None:
     assert failed["event"] == "failed"
     assert failed["job"]["error"] == {"type": "ValueError", "message": "broken"}
     await socket.disconnect()
+
+
+class TeamEventsConsumer(layerq.JobEventsConsumer):
+    """Members of team 7 also hear the team's jobs."""
+
+    channel_names: list[str] = []
+
+    def groups_for(self, user: Any) -> list[str]:
+        self.channel_names.append(self.channel_name)
+        return [*super().groups_for(user), "team.7"]
+
+
+async def test_groups_for_override_joins_and_leaves_the_extra_groups(layer: Any) -> None:
+    """A subclass's groups_for decides what a socket hears: the team's jobs reach
+    every member's socket, not a plain JobEventsConsumer's, and a closed socket
+    leaves the groups it joined."""
+    TeamEventsConsumer.channel_names.clear()
+    dave, erin = User(pk=44, username="dave"), User(pk=45, username="erin")
+    member = WebsocketCommunicator(TeamEventsConsumer.as_asgi(), "/ws/team/")
+    member.scope["user"] = dave
+    plain = communicator_for(erin)
+    assert (await member.connect())[0]
+    assert (await plain.connect())[0]
+    job = await Steps(steps=1, pause=0.0).asend(notify="team.7")
+    async with running_worker(["slow"]):
+        events = [await member.receive_json_from(timeout=5) for _ in range(3)]
+    assert [e["event"] for e in events] == ["started", "progress", "succeeded"]
+    assert {e["job"]["id"] for e in events} == {job.id}
+    assert await plain.receive_nothing(timeout=0.3)
+    await member.disconnect()
+    # Left: the team's next event reaches a new listener but not the closed socket.
+    (closed,) = TeamEventsConsumer.channel_names
+    listener = await layer.new_channel()
+    await layer.group_add("team.7", listener)
+    await layer.group_send("team.7", {"type": "layerq.job.started", "job": {}})
+    assert (await layer.receive(listener))["type"] == "layerq.job.started"
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(layer.receive(closed), 0.3)
+    await plain.disconnect()
