@@ -79,7 +79,10 @@ async def test_stopping_leaves_unstarted_messages_on_the_channel(inmemory: Any) 
     for index in range(3):
         await Sleep(seconds=0.2, marker=f"b{index}").asend()
     async with running_worker(["slow"], concurrency=1) as worker:
-        await asyncio.sleep(0.05)
+        for _ in range(500):  # stop once the first job runs
+            if worker._running:
+                break
+            await asyncio.sleep(0.01)
     assert worker.processed == 1
     left = [await asyncio.wait_for(inmemory.receive("slow"), 1) for _ in range(2)]
     assert [message["marker"] for message in left] == ["b1", "b2"]

@@ -82,8 +82,8 @@ async def test_claim_with_nothing_ready_returns_empty_after_wait(layer: Any) -> 
 async def test_expired_lease_is_reclaimed_with_the_next_attempt(layer: Any) -> None:
     """A delivery nobody settles comes back after its lease, as attempt 2."""
     job_id = await enqueue(layer)
-    [first] = await layer.claim(["q"], 1, 0.2, 1)
-    assert await layer.claim(["q"], 1, 0.2, 0) == []
+    [first] = await layer.claim(["q"], 1, 0.5, 1)
+    assert await layer.claim(["q"], 1, 0.5, 0) == []
     [again] = await layer.claim(["q"], 1, 30, 2)
     assert again.job_id == job_id
     assert again.attempt == 2
@@ -97,10 +97,11 @@ async def test_expired_lease_is_reclaimed_with_the_next_attempt(layer: Any) -> N
 async def test_extend_keeps_a_lease_alive(layer: Any) -> None:
     """A heartbeat pushes the lease end so nobody else gets the job."""
     await enqueue(layer)
-    [delivery] = await layer.claim(["q"], 1, 0.3, 1)
+    # Three beats of 0.4 s outlast the 1 s lease, so without them it would end.
+    [delivery] = await layer.claim(["q"], 1, 1.0, 1)
     for _ in range(3):
-        await asyncio.sleep(0.15)
-        await layer.extend([delivery], 0.3)
+        await asyncio.sleep(0.4)
+        await layer.extend([delivery], 1.0)
     assert await layer.claim(["q"], 1, 30, 0) == []
     assert await layer.ack(delivery, None, 60)
 
@@ -109,7 +110,7 @@ async def test_retry_returns_the_message_after_its_delay(layer: Any) -> None:
     """retry() hides the message for `delay` and records the error."""
     job_id = await enqueue(layer)
     [delivery] = await layer.claim(["q"], 1, 30, 1)
-    assert await layer.retry(delivery, 0.3, "ValueError", "bad")
+    assert await layer.retry(delivery, 0.5, "ValueError", "bad")
     record = await layer.get_record(job_id)
     assert record.status is JobStatus.RETRYING
     assert (record.error_type, record.error_message) == ("ValueError", "bad")
