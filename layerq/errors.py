@@ -57,7 +57,31 @@ class QueueFull(LayerqError, ChannelFull):  # type: ignore[misc]
 
 
 class TransportError(LayerqError, ConnectionError):
-    """The channel layer's storage could not be reached after bounded retries."""
+    """The channel layer's storage could not be reached after bounded retries.
+
+    From a send, what became of its jobs: ``sent`` holds the jobs stored
+    before the fault (they will run), ``refused`` those refused as full, and
+    ``unconfirmed`` the rest, which the fault may have caught before or after
+    they were stored (a single send's job is there). Once the layer answers
+    again, ``job.status()`` of an unconfirmed job tells: JobNotFound means
+    it was not stored. Each list is in send order.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        sent: Sequence[Job] = (),
+        refused: Sequence[Job] = (),
+        unconfirmed: Sequence[Job] = (),
+    ) -> None:
+        super().__init__(message)
+        self.sent = list(sent)
+        self.refused = list(refused)
+        self.unconfirmed = list(unconfirmed)
+        #: set by a layer's enqueue_many: whether each of the batch's first
+        #: messages was stored, as far as the fault lets it know
+        self.stored: list[bool] = []
 
 
 class Unsupported(LayerqError):

@@ -19,7 +19,7 @@ from django.db import transaction
 
 from . import clock, signing
 from .conf import get_settings
-from .errors import InvalidEvent, QueueFull, Unsupported
+from .errors import InvalidEvent, QueueFull, TransportError, Unsupported
 from .events import (
     ENVELOPE_KEY,
     Envelope,
@@ -135,20 +135,32 @@ def prepare(
 
 def _deliver_sync(prepared: _Prepared) -> None:
     layer = get_layer(prepared.job.layer_alias)
-    if is_queue_layer(layer):
-        layer.enqueue_sync(prepared.channel, prepared.message, prepared.record, prepared.delay)
-    else:
-        _basic_sync(layer, prepared)
+    with _unconfirmed_on_fault(prepared):
+        if is_queue_layer(layer):
+            layer.enqueue_sync(prepared.channel, prepared.message, prepared.record, prepared.delay)
+        else:
+            _basic_sync(layer, prepared)
     _queued(prepared)
 
 
 async def _deliver(prepared: _Prepared) -> None:
     layer = get_layer(prepared.job.layer_alias)
-    if is_queue_layer(layer):
-        await layer.enqueue(prepared.channel, prepared.message, prepared.record, prepared.delay)
-    else:
-        await _basic(layer, prepared)
+    with _unconfirmed_on_fault(prepared):
+        if is_queue_layer(layer):
+            await layer.enqueue(prepared.channel, prepared.message, prepared.record, prepared.delay)
+        else:
+            await _basic(layer, prepared)
     _queued(prepared)
+
+
+@contextlib.contextmanager
+def _unconfirmed_on_fault(prepared: _Prepared) -> Iterator[None]:
+    """A send's TransportError names its job: the fault may have come after it was stored."""
+    try:
+        yield
+    except TransportError as exc:
+        exc.unconfirmed = [prepared.job]
+        raise
 
 
 def _basic_sync(layer: Any, prepared: _Prepared) -> None:
@@ -267,7 +279,8 @@ def send_many(
     Each job stands alone: when a channel fills up, what was stored stays
     stored and QueueFull is raised with ``sent`` and ``refused``. Likewise a
     TransportError (the layer unreachable past its retries) may come after
-    some of the jobs were stored.
+    some of the jobs were stored: its ``sent``, ``refused`` and
+    ``unconfirmed`` say which.
     """
     batch = _prepare_many(events, channel, notify, delay, max_attempts, timeout, layer)
     if on_commit:
@@ -289,16 +302,16 @@ async def asend_many(
 ) -> list[Job]:
     """Enqueue many events at once from async code; see :func:`send_many`."""
     batch = _prepare_many(events, channel, notify, delay, max_attempts, timeout, layer)
-    refused: list[_Prepared] = []
+    tally = _Tally(batch)
     for target, group in _by_channel(batch):
         found = get_layer(target.job.layer_alias)
-        if is_queue_layer(found):
-            items = [(prepared.message, prepared.record) for prepared in group]
-            stored = await found.enqueue_many(target.channel, items, target.delay)
-        else:
-            stored = await _basic_many(found, group)
-        refused += _sorted_out(group, stored)
-    _refuse(batch, refused)
+        with tally.channel(group) as stored:
+            if is_queue_layer(found):
+                items = [(prepared.message, prepared.record) for prepared in group]
+                stored += await found.enqueue_many(target.channel, items, target.delay)
+            else:
+                stored += await _basic_many(found, group)
+    tally.refuse()
     return [prepared.job for prepared in batch]
 
 
@@ -345,17 +358,53 @@ def _by_channel(batch: list[_Prepared]) -> Iterator[tuple[_Prepared, list[_Prepa
 
 
 def _deliver_many_sync(batch: list[_Prepared]) -> None:
-    refused: list[_Prepared] = []
+    tally = _Tally(batch)
     for target, group in _by_channel(batch):
         found = get_layer(target.job.layer_alias)
-        if is_queue_layer(found):
-            items = [(prepared.message, prepared.record) for prepared in group]
-            stored = found.enqueue_many_sync(target.channel, items, target.delay)
-        else:
-            # One trip to an event loop for the batch, not one per message.
-            stored = async_to_sync(_basic_many)(found, group)
-        refused += _sorted_out(group, stored)
-    _refuse(batch, refused)
+        with tally.channel(group) as stored:
+            if is_queue_layer(found):
+                items = [(prepared.message, prepared.record) for prepared in group]
+                stored += found.enqueue_many_sync(target.channel, items, target.delay)
+            else:
+                # One trip to an event loop for the batch, not one per message.
+                stored += async_to_sync(_basic_many)(found, group)
+    tally.refuse()
+
+
+class _Tally:
+    """What became of each job of a send_many, one channel after another."""
+
+    def __init__(self, batch: list[_Prepared]) -> None:
+        self.batch = batch
+        self.outcome: dict[int, bool] = {}  #: id(prepared) -> stored; absent: unknown
+
+    @contextlib.contextmanager
+    def channel(self, group: list[_Prepared]) -> Iterator[list[bool]]:
+        """Around storing one channel's ``group``: the caller appends a flag per
+        job to the list it gets. A TransportError leaving the block says which
+        jobs of the whole batch were stored, refused, or are unconfirmed."""
+        stored: list[bool] = []
+        try:
+            yield stored
+        except TransportError as exc:
+            self._note(group[: len(exc.stored)], exc.stored)
+            exc.sent = self._jobs(True)
+            exc.refused = self._jobs(False)
+            exc.unconfirmed = [p.job for p in self.batch if id(p) not in self.outcome]
+            raise
+        self._note(group, stored)
+
+    def _note(self, group: list[_Prepared], stored: list[bool]) -> None:
+        refused = {id(prepared) for prepared in _sorted_out(group, stored)}
+        for prepared in group:
+            self.outcome[id(prepared)] = id(prepared) not in refused
+
+    def _jobs(self, stored: bool) -> list[Job]:
+        return [p.job for p in self.batch if self.outcome.get(id(p)) is stored]
+
+    def refuse(self) -> None:
+        """Raise QueueFull when any job was refused; the others were stored."""
+        _refuse(self.batch, [p for p in self.batch if self.outcome.get(id(p)) is False])
 
 
 async def _basic_many(layer: Any, group: list[_Prepared]) -> list[bool]:

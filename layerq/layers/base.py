@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import Iterator, Sequence
@@ -27,7 +28,7 @@ from typing import Any
 
 from channels.layers import BaseChannelLayer
 
-from ..errors import QueueFull
+from ..errors import QueueFull, TransportError
 from ..jobs import JobRecord
 
 EXTENSION = "layerq"
@@ -267,3 +268,14 @@ def _pauses() -> Iterator[float]:
 def is_queue_layer(layer: object) -> bool:
     """True when ``layer`` offers the acknowledged-receive extension."""
     return EXTENSION in getattr(layer, "extensions", ()) and isinstance(layer, QueueLayer)
+
+
+@contextlib.contextmanager
+def stored_so_far(stored: list[bool]) -> Iterator[None]:
+    """Around an enqueue_many: a TransportError leaving the block carries the
+    flags of the messages known stored (or refused) before the fault."""
+    try:
+        yield
+    except TransportError as exc:
+        exc.stored = list(stored)
+        raise

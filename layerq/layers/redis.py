@@ -38,7 +38,7 @@ from ..jobs import JobRecord
 from . import redis_codec as codec
 from . import redis_keys as keys
 from . import redis_wait as waits
-from .base import DeadLetter, Delivery, Queued
+from .base import DeadLetter, Delivery, Queued, stored_so_far
 from .redis_base import RedisBase
 from .redis_conn import BLOCK_MAX, AsyncPipe, Call, check, transport_errors
 
@@ -201,7 +201,7 @@ class RedisChannelLayer(RedisBase):
                 await asyncio.sleep(0)  # it is written while the next chunk is built
         stored: list[bool] = []
         undo: list[Call] = []
-        with transport_errors("enqueue"):
+        with stored_so_far(stored), transport_errors("enqueue"):
             for chunk, (calls, future) in zip(chunks, sending, strict=True):
                 flags, undone = self._enqueued(
                     channel, chunk, calls, await _answer(pipe, calls, future)
@@ -236,7 +236,7 @@ class RedisChannelLayer(RedisBase):
 
         stored: list[bool] = []
         undo = []
-        with transport_errors("enqueue"):
+        with stored_so_far(stored), transport_errors("enqueue"):
             for index, replies in enumerate(pipe.call_each(build())):
                 flags, undone = self._enqueued(channel, chunks[index], sent[index], replies)
                 stored += flags

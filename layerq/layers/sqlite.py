@@ -29,7 +29,7 @@ from ..errors import ConfigurationError, QueueFull
 from ..events import check_plain
 from ..jobs import JobRecord
 from . import sqlite_ops as ops
-from .base import DeadLetter, Delivery, Queued, QueueLayer
+from .base import DeadLetter, Delivery, Queued, QueueLayer, stored_so_far
 from .sqlite_db import Database
 from .sqlite_wait import Waiters
 
@@ -263,8 +263,9 @@ class SQLiteChannelLayer(QueueLayer):
             return stored
 
         stored: list[bool] = []
-        for start in range(0, len(batch), ENQUEUE_CHUNK):
-            stored += self._write_sync(enqueue, batch[start : start + ENQUEUE_CHUNK])
+        with stored_so_far(stored):
+            for start in range(0, len(batch), ENQUEUE_CHUNK):
+                stored += self._write_sync(enqueue, batch[start : start + ENQUEUE_CHUNK])
         return stored
 
     # --- worker side -------------------------------------------------------------

@@ -185,3 +185,65 @@ def test_basic_mode_sync_send_many_sends_every_message() -> None:
 
         received = async_to_sync(drain)()
     assert [message["layerq"]["id"] for message in received] == [job.id for job in jobs]
+
+
+class FaultFirst(layerq.Event, type="fault.first"):
+    n: int
+
+
+class FaultDown(layerq.Event, type="fault.down"):
+    n: int
+
+
+class FaultLast(layerq.Event, type="fault.last"):
+    n: int
+
+
+def asyncio_send_many(events: list[layerq.Event]) -> list[layerq.Job]:
+    return asyncio.run(layerq.asend_many(events))
+
+
+def channels_on(layer: Any, host: int, count: int) -> list[str]:
+    """``count`` channel names that ``layer`` keeps on its host number ``host``."""
+    names = (f"fault{index}" for index in range(1000))
+    return [name for name in names if layer._base(name)[0] == host][:count]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_fault_mid_send_many_says_which_jobs_were_stored(mode: str) -> None:
+    """With one of two Redis hosts down, send_many stores the jobs of the live host's
+    first channel, then fails on the dead host's. Its TransportError names the stored
+    jobs ``sent`` and the rest ``unconfirmed``; those were indeed not stored."""
+    from layerq.testing import RedisServer
+
+    with RedisServer() as live, RedisServer() as dead:
+        config = {"hosts": [live.url, dead.url], "prefix": "fault"}
+        layers = {"default": {"BACKEND": "layerq.layers.RedisChannelLayer", "CONFIG": config}}
+        with override_settings(CHANNEL_LAYERS=layers):
+            layer = get_channel_layer()
+            (first, last), (down,) = channels_on(layer, 0, 2), channels_on(layer, 1, 1)
+            FaultFirst.event_channel, FaultDown.event_channel = first, down
+            FaultLast.event_channel = last
+            dead.stop()
+            events: list[layerq.Event] = [FaultFirst(n=i) for i in range(3)]
+            events += [FaultDown(n=3), FaultLast(n=4), FaultDown(n=5)]
+            send = layerq.send_many if mode == "sync" else asyncio_send_many
+            with pytest.raises(layerq.TransportError) as raised:
+                send(events)
+            fault = raised.value
+            assert [job.channel for job in fault.sent] == [first] * 3
+            assert [job.channel for job in fault.unconfirmed] == [down, last, down]
+            assert fault.refused == []
+            dead.start()
+            assert all(job.status() is JobStatus.QUEUED for job in fault.sent)
+            for job in fault.unconfirmed:
+                with pytest.raises(layerq.JobNotFound):
+                    job.status()
+            dead.stop()
+            with pytest.raises(layerq.TransportError) as raised:
+                FaultDown(n=6).send()
+            (job,) = raised.value.unconfirmed
+            assert (job.type, job.channel) == ("fault.down", down)
+            dead.start()
+            with pytest.raises(layerq.JobNotFound):
+                job.status()
