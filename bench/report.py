@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import platform
+import statistics
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.harness import Outcome, Percentiles
@@ -85,6 +87,87 @@ def ratios(outcomes: Sequence[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def _median(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def _median_percentiles(values: Sequence[Percentiles | None]) -> Percentiles | None:
+    known = [v for v in values if v is not None]
+    if not known:
+        return None
+    return Percentiles(
+        statistics.median(v.p50 for v in known),
+        statistics.median(v.p95 for v in known),
+        statistics.median(v.p99 for v in known),
+    )
+
+
+def merged(runs: Sequence[Outcome]) -> Outcome:
+    """One row for several rounds of one system: the median of each figure over
+    the rounds that did not fail (the first failure's reason when all did)."""
+    good = [o for o in runs if o.error is None]
+    if not good:
+        return runs[0]
+    return dataclasses.replace(
+        good[0],
+        enqueue=_median([o.enqueue for o in good]),
+        sync_send=_median([o.sync_send for o in good]),
+        bulk_enqueue=_median([o.bulk_enqueue for o in good]),
+        drain=_median([o.drain for o in good]),
+        start=_median_percentiles([o.start for o in good]),
+        result=_median_percentiles([o.result for o in good]),
+        rss_mb=_median([o.rss_mb for o in good]),
+    )
+
+
+#: (column, figure of an outcome, whether higher is better) for :func:`round_ratios`
+_ROUND_FIGURES: list[tuple[str, Callable[[Outcome], float | None], bool]] = [
+    ("start p50", lambda o: o.start.p50 if o.start else None, False),
+    ("result p50", lambda o: o.result.p50 if o.result else None, False),
+    ("enqueue", lambda o: o.enqueue, True),
+    ("sync send", lambda o: o.sync_send, True),
+    ("drain", lambda o: o.drain, True),
+]
+
+
+def round_ratios(rounds: Sequence[Sequence[Outcome]], against: str = FLOOR) -> str:
+    """Each system's figures over those of ``against`` measured in the same round:
+    the median ratio and its range over the rounds. The machine drifts between
+    rounds by more than the systems differ; a ratio within a round cancels that.
+    Enqueue and sync send are both taken over the floor's enqueue (its only path).
+    """
+    per_round = [{o.system.key: o for o in outcomes if o.error is None} for outcomes in rounds]
+    if not any(against in found for found in per_round):
+        return ""
+    keys: list[str] = []
+    for outcomes in rounds:
+        keys += [o.system.key for o in outcomes if o.system.key not in keys]
+    labels = {o.system.key: o.system.label for outcomes in rounds for o in outcomes}
+    head = " | ".join(f"{name} ÷ {against}" for name, _, _ in _ROUND_FIGURES)
+    lines = [f"| system | rounds | {head} |", "|---|--:|" + "--:|" * len(_ROUND_FIGURES)]
+    for key in keys:
+        cells = []
+        both = [found for found in per_round if key in found and against in found]
+        for name, figure, _ in _ROUND_FIGURES:
+            base = (lambda o: o.enqueue) if name == "sync send" else figure
+            values = [
+                figure(found[key]) / reference
+                for found in both
+                if figure(found[key]) is not None and (reference := base(found[against]))
+            ]
+            if not values:
+                cells.append("-")
+            elif len(values) == 1:
+                cells.append(f"{values[0]:.2f}x")
+            else:
+                cells.append(
+                    f"{statistics.median(values):.2f}x ({min(values):.2f} to {max(values):.2f})"
+                )
+        lines.append(f"| {labels[key]} | {len(both)} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def machine() -> str:
     """nproc, CPU model, kernel."""
     model = "?"
@@ -122,8 +205,14 @@ def notes(outcomes: Sequence[Outcome]) -> str:
     return "\n".join(f"- **{o.system.label}**: {o.system.note}" for o in outcomes if o.system.note)
 
 
-def document(outcomes: Sequence[Outcome], config: Config, command: str) -> str:
-    """The whole RESULTS.md."""
+def document(
+    outcomes: Sequence[Outcome],
+    config: Config,
+    command: str,
+    rounds: Sequence[Sequence[Outcome]] = (),
+) -> str:
+    """The whole RESULTS.md; ``outcomes`` are the rows (merged over ``rounds``, if
+    there were several)."""
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     failures = [o for o in outcomes if o.error is not None]
     parts = [
@@ -151,6 +240,16 @@ def document(outcomes: Sequence[Outcome], config: Config, command: str) -> str:
             "Ratios (above 1x is faster drain or bulk enqueue, or slower result):",
             "",
             ratio_table,
+            "",
+        ]
+    if len(rounds) > 1:
+        parts += [
+            f"Each system ran in {len(rounds)} rounds, the systems taking turns; the"
+            " table above holds each figure's median over the rounds. Below, each figure"
+            " over the floor's of the same round: median ratio (range). Start and result:"
+            " above 1x is slower; enqueue, sync send and drain: above 1x is faster.",
+            "",
+            round_ratios(rounds),
             "",
         ]
     parts += [

@@ -5,6 +5,7 @@ Examples::
     python -m bench.run                                  # all systems, writes bench/RESULTS.md
     python -m bench.run --quick                          # small N smoke check, prints only
     python -m bench.run --systems floor,layerq-sqlite --jobs 20000
+    python -m bench.run --pin --rounds 5 --systems floor,floor-reliable,layerq-redis
 """
 
 from __future__ import annotations
@@ -52,12 +53,19 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--pin", action="store_true",
         help="bind Redis and producers to CPU 0, the worker to CPU 1 (less run-to-run noise)",
     )  # fmt: skip
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="run the systems this many times, taking turns; report medians and"
+        " each round's ratios to the floor (default 1)",
+    )  # fmt: skip
     parser.add_argument("--list", action="store_true", help="list the systems and exit")
     args = parser.parse_args(argv)
     if args.quick:
         args.jobs, args.latency_jobs = QUICK_JOBS, QUICK_LATENCY_JOBS
     if args.jobs < 2 or args.latency_jobs < 2:
         parser.error("--jobs and --latency-jobs must be at least 2")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.sync_jobs is None:
         args.sync_jobs = min(2000, args.jobs // 5)
     if args.output is None and not args.quick:
@@ -78,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{system.key:16} {system.label}")
         return 0
     systems = selected(args.systems)
-    outcomes: list[Outcome] = []
+    rounds: list[list[Outcome]] = []
     tmp = tempfile.mkdtemp(prefix="layerq-bench-")
     with RedisServer() as server:
         config = Config(
@@ -91,33 +99,44 @@ def main(argv: list[str] | None = None) -> int:
         if args.pin:
             pin_server(client, 0)
         runner = Runner(config, logs, flush=client.flushall, pin=args.pin)
+        available = []
         for system in systems:
             why = system.unavailable()
             if why is not None:
                 print(f"bench: skipping {system.key}: {why}", flush=True)
-                continue
-            print(f"bench: {system.key} ...", flush=True)
-            python = venvs.python_for(system.venv)
-            client.flushall()
-            outcome = runner.run(system, python, Path(tmp) / system.key)
-            outcomes.append(outcome)
-            print(report.table([outcome]).splitlines()[-1], flush=True)
+            else:
+                available.append(system)
+        for index in range(args.rounds):
+            rounds.append([])
+            for system in available:
+                label = system.key if args.rounds == 1 else f"{system.key} (round {index + 1})"
+                print(f"bench: {label} ...", flush=True)
+                python = venvs.python_for(system.venv)
+                client.flushall()
+                where = Path(tmp) / (system.key if args.rounds == 1 else f"{system.key}-{index}")
+                outcome = runner.run(system, python, where)
+                rounds[-1].append(outcome)
+                print(report.table([outcome]).splitlines()[-1], flush=True)
         client.close()
-    if any(o.error for o in outcomes):
+    outcomes = [report.merged([r[i] for r in rounds]) for i in range(len(available))]
+    failed = any(o.error for r in rounds for o in r)
+    if failed:
         print(f"bench: kept {tmp} (logs/ has each process's output)")
     else:
         shutil.rmtree(tmp)
-    text = report.document(
-        outcomes, config, shlex.join(["python", "-m", "bench.run", *(argv or sys.argv[1:])])
-    )
+    command = shlex.join(["python", "-m", "bench.run", *(argv or sys.argv[1:])])
+    text = report.document(outcomes, config, command, rounds)
     print()
     print(report.table(outcomes))
     print()
     print(report.ratios(outcomes))
+    if len(rounds) > 1:
+        print()
+        print(report.round_ratios(rounds))
     if args.output is not None:
         args.output.write_text(text)
         print(f"\nbench: wrote {args.output}")
-    return 1 if any(o.error for o in outcomes) else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
