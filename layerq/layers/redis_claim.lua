@@ -35,22 +35,30 @@ local function head(key)
   return first[2], tonumber(first[2])
 end
 
--- Due delayed messages join the tail, in due order.
-local delay_at, delay_n = head(delay)
-if delay_n and delay_n <= now then
-  local due = redis.call('ZRANGEBYSCORE', delay, '-inf', now, 'LIMIT', 0, 1000)
-  redis.call('ZREM', delay, unpack(due))
-  redis.call('RPUSH', ready, unpack(due))
+-- Most takes (an idle worker's, woken by a send) find none of the structures
+-- below: one call says so, instead of a look at each. Script calls cost Redis
+-- more than the commands they make, and this one is on every job's way.
+local quiet = redis.call('EXISTS', delay, lease, exp, rel, recl) == 0
+
+local delay_at, delay_n, lease_at, lease_n
+if not quiet then
+  -- Due delayed messages join the tail, in due order.
   delay_at, delay_n = head(delay)
-end
--- Expired leases (their worker died or stalled) go to the head: they waited longest.
-local lease_at, lease_n = head(lease)
-if lease_n and lease_n <= now then
-  local lost = redis.call('ZRANGEBYSCORE', lease, '-inf', now, 'LIMIT', 0, 1000)
-  redis.call('ZREM', lease, unpack(lost))
-  redis.call('LPUSH', ready, unpack(lost))
-  redis.call('SADD', recl, unpack(lost))
+  if delay_n and delay_n <= now then
+    local due = redis.call('ZRANGEBYSCORE', delay, '-inf', now, 'LIMIT', 0, 1000)
+    redis.call('ZREM', delay, unpack(due))
+    redis.call('RPUSH', ready, unpack(due))
+    delay_at, delay_n = head(delay)
+  end
+  -- Expired leases (their worker died or stalled) go to the head: they waited longest.
   lease_at, lease_n = head(lease)
+  if lease_n and lease_n <= now then
+    local lost = redis.call('ZRANGEBYSCORE', lease, '-inf', now, 'LIMIT', 0, 1000)
+    redis.call('ZREM', lease, unpack(lost))
+    redis.call('LPUSH', ready, unpack(lost))
+    redis.call('SADD', recl, unpack(lost))
+    lease_at, lease_n = head(lease)
+  end
 end
 
 local counts = base .. ':local'
@@ -75,9 +83,13 @@ while taken < limit do
   end
   if not checked then
     -- Look-ups that only matter when the structure is non-empty are skipped otherwise.
-    check_exp = redis.call('ZCARD', exp) > 0
-    check_rel = redis.call('HLEN', rel) > 0
-    check_recl = redis.call('SCARD', recl) > 0
+    if quiet then
+      check_exp, check_rel, check_recl = false, false, false
+    else
+      check_exp = redis.call('ZCARD', exp) > 0
+      check_rel = redis.call('HLEN', rel) > 0
+      check_recl = redis.call('SCARD', recl) > 0
+    end
     checked = true
   end
   for _, id in ipairs(ids) do

@@ -200,7 +200,13 @@ class FaultLast(layerq.Event, type="fault.last"):
 
 
 def asyncio_send_many(events: list[layerq.Event]) -> list[layerq.Job]:
-    return asyncio.run(layerq.asend_many(events))
+    async def send() -> list[layerq.Job]:
+        try:
+            return await layerq.asend_many(events)
+        finally:
+            await get_channel_layer().close()  # this event loop's connections
+
+    return asyncio.run(send())
 
 
 def channels_on(layer: Any, host: int, count: int) -> list[str]:
@@ -247,3 +253,4 @@ def test_a_fault_mid_send_many_says_which_jobs_were_stored(mode: str) -> None:
             dead.start()
             with pytest.raises(layerq.JobNotFound):
                 job.status()
+            asyncio.run(layer.close())  # and the sync connections
