@@ -117,6 +117,9 @@ class Worker:
             QueueSource(self.layer) if is_queue_layer(self.layer) else BasicSource(self.layer)
         )
         self._running: dict[str, _Running] = {}
+        #: deliveries the claim in progress started as they arrived (id() of each)
+        self._started_early: set[int] = set()
+        self._context = contextvars.copy_context()
         #: deliveries holding a slot: running, or settling where a settle does
         #: not precede the next claim (see QueueLayer.settles_precede_claims)
         self._slots: set[str] = set()
@@ -161,6 +164,7 @@ class Worker:
                 lost="at-most-once delivery: no leases, retries, delays, job records or results",
             )
         heartbeat = asyncio.create_task(self._heartbeat())
+        self._context = contextvars.copy_context()  # what run()'s caller has set
         try:
             await self._loop()
         finally:
@@ -185,12 +189,17 @@ class Worker:
                 # Burst waits only for retries it scheduled itself: it finishes
                 # what it started, but not jobs delayed by their producers.
                 wait = max(0.0, min(CLAIM_WAIT, self._retry_due - time.monotonic()))
-            deliveries = await self.source.claim(self.channels, free, self.settings.lease, wait)
+            deliveries = await self.source.claim(
+                self.channels, free, self.settings.lease, wait, self._start_early
+            )
+            early, self._started_early = self._started_early, set()
             if self._stopping:
-                await self.source.release(deliveries)
+                # Those started already run on: the drain below waits for them.
+                await self.source.release([d for d in deliveries if id(d) not in early])
                 break
             for delivery in deliveries:
-                self._start(delivery)
+                if id(delivery) not in early:
+                    self._start(delivery)
             if deliveries:
                 # Let the jobs begin before the next claim is prepared and sent.
                 await asyncio.sleep(0)
@@ -203,9 +212,19 @@ class Worker:
                 await self._slot_free.wait()
 
     def _start(self, delivery: Delivery) -> None:
-        task = asyncio.create_task(self._handle(delivery))
+        # Each job's task gets its own copy of the worker's context (whether it is
+        # started here or in a connection's read, see _start_early).
+        task = asyncio.create_task(self._handle(delivery), context=self._context.copy())
         self._running[delivery.id] = _Running(delivery, task)
         self._slots.add(delivery.id)
+
+    def _start_early(self, deliveries: list[Delivery]) -> None:
+        """Start jobs the moment their claim's reply is read (see QueueLayer.claim):
+        their handlers run a loop turn sooner than the claim could return them."""
+        for delivery in deliveries:
+            if id(delivery) not in self._started_early:
+                self._started_early.add(id(delivery))
+                self._start(delivery)
 
     def _free_slot(self, delivery: Delivery) -> None:
         self._slots.discard(delivery.id)

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from .layers import Delivery, QueueLayer
+from .layers.base import Started
 
 log = structlog.get_logger("layerq")
 
@@ -31,9 +32,14 @@ class QueueSource:
         self.layer = layer
 
     async def claim(
-        self, channels: Sequence[str], limit: int, lease: float, wait: float
+        self,
+        channels: Sequence[str],
+        limit: int,
+        lease: float,
+        wait: float,
+        started: Started | None = None,
     ) -> list[Delivery]:
-        return await self.layer.claim(channels, limit, lease, wait)
+        return await self.layer.claim(channels, limit, lease, wait, started)
 
     async def extend(self, deliveries: Sequence[Delivery], lease: float) -> None:
         await self.layer.extend(deliveries, lease)
@@ -70,8 +76,14 @@ class BasicSource:
         self._ids = itertools.count(1)
 
     async def claim(
-        self, channels: Sequence[str], limit: int, lease: float, wait: float
+        self,
+        channels: Sequence[str],
+        limit: int,
+        lease: float,
+        wait: float,
+        started: Started | None = None,
     ) -> list[Delivery]:
+        """Receive from ``channels``; ``started`` is not used (they come one by one)."""
         for channel in channels:
             if channel not in self._receives:
                 self._receives[channel] = asyncio.create_task(self.layer.receive(channel))

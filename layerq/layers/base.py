@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from channels.layers import BaseChannelLayer
@@ -51,6 +51,10 @@ class Delivery:
     #: the job record's unchanging field/value pairs as the layer stored them, where
     #: a layer needs them when the job ends (a handler may change ``message``)
     record: tuple[str, ...] = ()
+
+
+#: called with deliveries as they arrive (see QueueLayer.claim)
+Started = Callable[[list[Delivery]], None]
 
 
 @dataclasses.dataclass(slots=True)
@@ -144,12 +148,21 @@ class QueueLayer(BaseChannelLayer, abc.ABC):  # type: ignore[misc]
 
     @abc.abstractmethod
     async def claim(
-        self, channels: Sequence[str], limit: int, lease: float, wait: float
+        self,
+        channels: Sequence[str],
+        limit: int,
+        lease: float,
+        wait: float,
+        started: Started | None = None,
     ) -> list[Delivery]:
         """Lease up to ``limit`` ready messages, waiting up to ``wait`` s for the first.
 
         Marks each job's record running with the new attempt number. A message
         whose lease expired is ready again (``reclaimed=True`` when claimed).
+        ``started``, when given, may be called with deliveries the moment they
+        arrive, before this returns (a worker starts their handlers a loop turn
+        sooner); they are returned as well, and are not released should this
+        call be cancelled after.
         """
 
     @abc.abstractmethod

@@ -38,7 +38,7 @@ from ..jobs import JobRecord
 from . import redis_codec as codec
 from . import redis_keys as keys
 from . import redis_wait as waits
-from .base import DeadLetter, Delivery, Queued, stored_so_far
+from .base import DeadLetter, Delivery, Queued, Started, stored_so_far
 from .redis_base import RedisBase
 from .redis_conn import BLOCK_MAX, AsyncPipe, Call, check, transport_errors
 
@@ -263,12 +263,17 @@ class RedisChannelLayer(RedisBase):
     # --- worker side -----------------------------------------------------------
 
     async def claim(
-        self, channels: Sequence[str], limit: int, lease: float, wait: float
+        self,
+        channels: Sequence[str],
+        limit: int,
+        lease: float,
+        wait: float,
+        started: Started | None = None,
     ) -> list[Delivery]:
         """Lease up to ``limit`` messages; wait up to ``wait`` s for the first.
 
         During an outage it retries until ``wait`` has passed, then raises
-        TransportError.
+        TransportError. ``started``: see QueueLayer.claim.
         """
         names = list(channels)
         for name in names:
@@ -283,7 +288,9 @@ class RedisChannelLayer(RedisBase):
             try:
                 blocked, block = block, 0.0
                 asked = room if blocked else limit
-                deliveries, next_due = await self._claim_once(state, names, asked, lease, blocked)
+                deliveries, next_due = await self._claim_once(
+                    state, names, asked, lease, blocked, started
+                )
                 if not blocked:
                     room = limit  # that take went behind every settle on its connection
                 failures = 0
@@ -326,7 +333,13 @@ class RedisChannelLayer(RedisBase):
         return max(0.001, waits.block_for(state.next_due.get(names[0]), min(BLOCK_MAX, left))), room
 
     async def _claim_once(
-        self, state: waits.LoopState, names: list[str], limit: int, lease: float, block: float
+        self,
+        state: waits.LoopState,
+        names: list[str],
+        limit: int,
+        lease: float,
+        block: float,
+        started: Started | None = None,
     ) -> tuple[list[Delivery], float | None]:
         # Rotating the starting channel keeps one busy channel from starving the rest.
         state.rotation += 1
@@ -341,6 +354,16 @@ class RedisChannelLayer(RedisBase):
             def orphan(rows: list[waits.Row], name: str = name) -> None:
                 state.spawn(self.release(self._deliveries(name, rows)))
 
+            handed: list[Delivery] = []
+            early = None
+            if started is not None:
+
+                def early(
+                    rows: list[waits.Row], name: str = name, handed: list[Delivery] = handed
+                ) -> None:
+                    handed.extend(self._deliveries(name, rows))
+                    started(handed)
+
             with transport_errors("claim"):
                 rows, due = await waits.take(
                     state.pipes[index],
@@ -351,13 +374,14 @@ class RedisChannelLayer(RedisBase):
                     orphan,
                     pool=state.pools[index] if block > 0 else None,
                     block=block,
+                    early=early,
                 )
             if len(rows) < limit - len(deliveries):
                 state.drained.add(name)  # the take emptied the ready list
             else:
                 state.drained.discard(name)
             state.next_due[name] = due
-            deliveries += self._deliveries(name, rows)
+            deliveries += handed or self._deliveries(name, rows)
             if due is not None and (next_due is None or due < next_due):
                 next_due = due
         return deliveries, next_due

@@ -253,12 +253,14 @@ def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
 #: Given the replies of a call whose caller gave up (its future was cancelled)
 #: once they come, or None when the connection failed first.
 Late = Callable[[list[Any] | None], None]
+#: gets the replies of a call the moment they are read, before its caller resumes
+Early = Callable[[list[Any]], None]
 
 
 class _Pending:
     """Replies awaited for one write: of a plain call, or of a merged script call."""
 
-    __slots__ = ("future", "late", "left", "members", "replies")
+    __slots__ = ("early", "future", "late", "left", "members", "replies")
 
     def __init__(
         self,
@@ -266,17 +268,23 @@ class _Pending:
         count: int,
         members: list[asyncio.Future[Any]] | None = None,
         late: Late | None = None,
+        early: Early | None = None,
     ) -> None:
         self.future = future
         self.left = count
         self.replies: list[Any] = []
         self.members = members
         self.late = late
+        self.early = early
 
     def resolve(self) -> None:
         if self.members is None:
             assert self.future is not None
             if not self.future.done():
+                if self.early is not None:
+                    self.early(self.replies)
+                    if self.future.done():
+                        return  # cancelled by early(), whose the replies now are
                 self.future.set_result(self.replies)
             elif self.late is not None and self.future.cancelled():
                 self.late(self.replies)  # its caller gave up: they may still matter
@@ -350,10 +358,12 @@ class _Protocol(asyncio.Protocol):
         # default loop) have the methods but not the asyncio base classes.
         self.transport = typing.cast(asyncio.Transport, transport)
 
-    def send(self, data: bytes, count: int, late: Late | None = None) -> asyncio.Future[list[Any]]:
+    def send(
+        self, data: bytes, count: int, late: Late | None = None, early: Early | None = None
+    ) -> asyncio.Future[list[Any]]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue(loop, data, _Pending(future, count, late=late))
+        self._queue(loop, data, _Pending(future, count, late=late, early=early))
         return future
 
     def merge(
@@ -471,17 +481,18 @@ class AsyncPipe:
         self._connecting: asyncio.Future[_Protocol] | None = None
 
     def submit(
-        self, calls: Sequence[Call], late: Late | None = None
+        self, calls: Sequence[Call], late: Late | None = None, early: Early | None = None
     ) -> asyncio.Future[list[Any]] | None:
         """Queue ``calls`` on the open connection: a future of their raw replies.
 
         No task, no retry, errors as values (see :func:`check`); None when no
         connection is open (:meth:`call` opens one). For the hot path of a
         worker, where :meth:`call`'s coroutine would be one more task.
-        ``late`` gets the replies if the future was cancelled before they came.
+        ``late`` gets the replies if the future was cancelled before they came;
+        ``early`` gets them as they are read, unless it was.
         """
         protocol = self._open_protocol()
-        return None if protocol is None else protocol.send(pack(calls), len(calls), late)
+        return None if protocol is None else protocol.send(pack(calls), len(calls), late, early)
 
     def merge(
         self, script: Script, key: str, group: Sequence[Any], tail: Sequence[Call] = ()

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 
+import structlog
 from redis.exceptions import NoScriptError
 
 from .. import clock
@@ -33,12 +34,15 @@ from .redis_conn import (
     AsyncPipe,
     BlockingPool,
     Call,
+    Early,
     Late,
     SyncPipe,
     Target,
     check,
 )
 from .redis_keys import Script
+
+log = structlog.get_logger("layerq")
 
 #: (id, payload, attempt, token, reclaimed), one per message, from redis_claim.lua
 Row = list[Any]
@@ -130,13 +134,16 @@ async def take(
     orphaned: set[asyncio.Future[Any]] | None = None,
     pool: BlockingPool | None = None,
     block: float = 0.0,
+    early: Callable[[list[Row]], None] | None = None,
 ) -> tuple[list[Row], float | None]:
     """Run the take script (lease > 0: claim; 0: receive); also the next due time.
 
     With ``pool`` and ``block``, first wait up to ``block`` s for a wake token
     of ``base``, in the same pipeline (see the module docstring). A take whose
     caller was cancelled stays in ``orphaned`` until its rows have been handed
-    to ``orphan``, so the next receiver can wait for them.
+    to ``orphan``, so the next receiver can wait for them. ``early`` gets the
+    rows the moment they are read, before this returns them (on a connection
+    already open): from then on they are its, even if the caller is cancelled.
     """
     now = clock.now()
     deadline = number(now + lease) if lease > 0 else "0"
@@ -153,12 +160,29 @@ async def take(
         if landed is not None and not landed.done():
             landed.set_result(None)
 
-    future, queued = _submit(pipe, call, pool, base, block, late)
+    handed = False
+
+    def hand(replies: list[Any]) -> None:
+        # In the protocol's read, before the caller resumes: a worker starts
+        # the handlers now instead of a loop turn later. Error replies, and an
+        # empty take, are left to the caller.
+        nonlocal handed
+        last = replies[-1] if replies else None
+        if early is not None and isinstance(last, list) and len(last) == 2 and last[1]:
+            handed = True
+            try:
+                early(last[1])
+            except Exception:  # a bug must not break the connection's read
+                log.exception("worker.internal_error")
+
+    future, queued = _submit(pipe, call, pool, base, block, late, hand)
     try:
         # A call queued on an open connection is awaited as it is: cancelling
         # it hands its replies to late(). A connecting task is shielded.
         replies = await (future if queued else asyncio.shield(future))
     except asyncio.CancelledError:
+        if handed:
+            raise  # the rows went to early(): they are in its hands
         # The script may have run already; its messages must not vanish.
         if not future.cancelled():
             future.add_done_callback(lambda done: _adopt_done(done, orphan))
@@ -183,17 +207,18 @@ def _submit(
     base: str,
     block: float,
     late: Late,
+    early: Early,
 ) -> tuple[asyncio.Future[list[Any]], bool]:
     """The take's replies, coming, and whether they were queued on an open
     connection (no task); else a task connects (and retries) first."""
     if pool is None:
-        future = pipe.submit([call], late)
+        future = pipe.submit([call], late, early)
         if future is None:
             return asyncio.ensure_future(pipe.call([call])), False
         return future, True
     calls = [("BLPOP", f"{base}:wake", _block_seconds(block)), call]
     blocking = pool.acquire()
-    future = blocking.submit(calls, late)
+    future = blocking.submit(calls, late, early)
     if future is None:
         pool.release(blocking)
         return asyncio.ensure_future(pool.call(calls)), False

@@ -29,7 +29,7 @@ from ..errors import ConfigurationError, QueueFull
 from ..events import check_plain
 from ..jobs import JobRecord
 from . import sqlite_ops as ops
-from .base import DeadLetter, Delivery, Queued, QueueLayer, stored_so_far
+from .base import DeadLetter, Delivery, Queued, QueueLayer, Started, stored_so_far
 from .sqlite_db import Database
 from .sqlite_wait import Waiters
 
@@ -271,9 +271,18 @@ class SQLiteChannelLayer(QueueLayer):
     # --- worker side -------------------------------------------------------------
 
     async def claim(
-        self, channels: Sequence[str], limit: int, lease: float, wait: float
+        self,
+        channels: Sequence[str],
+        limit: int,
+        lease: float,
+        wait: float,
+        started: Started | None = None,
     ) -> list[Delivery]:
-        """Lease up to ``limit`` ready messages, waiting up to ``wait`` for the first."""
+        """Lease up to ``limit`` ready messages, waiting up to ``wait`` for the first.
+
+        ``started`` is not used: a claim's deliveries come back from a thread,
+        with nothing to gain by handing them over sooner.
+        """
         for channel in channels:
             self.require_valid_channel_name(channel)
         loop = asyncio.get_running_loop()

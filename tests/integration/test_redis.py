@@ -636,3 +636,68 @@ async def test_send_many_loads_the_script_again_when_redis_lost_it(
         assert await redis_layer.pending("q") == 2 * size
     finally:
         client.close()
+
+
+async def open_blocking_connection(layer: RedisChannelLayer) -> None:
+    """Claim on the empty channel "q" until a block times out: the next claim
+    blocks at once, on a connection already open (where deliveries are handed
+    over as they are read; a connection still opening hands nothing early)."""
+    assert await layer.claim(["q"], 1, 30, 0) == []
+    assert await layer.claim(["q"], 1, 30, 0.05) == []
+
+
+async def test_claim_hands_deliveries_to_started_before_it_returns(
+    redis_layer: RedisChannelLayer,
+) -> None:
+    """A blocked claim's ``started`` gets the deliveries as the reply is read, before
+    the claim returns them (the very same objects): a worker's handler starts a loop
+    turn sooner."""
+    handed: list[Any] = []
+    returned_yet = False
+
+    def started(deliveries: list[Any]) -> None:
+        assert not returned_yet
+        handed.extend(d for d in deliveries if d not in handed)
+
+    await open_blocking_connection(redis_layer)
+    waiting = asyncio.create_task(redis_layer.claim(["q"], 4, 30, 5, started))
+    await asyncio.sleep(0.1)
+    message, record = job("q")
+    await redis_layer.enqueue("q", message, record)
+    deliveries = await asyncio.wait_for(waiting, 5)
+    returned_yet = True
+    assert [d.job_id for d in deliveries] == [record.id]
+    assert [id(d) for d in handed] == [id(d) for d in deliveries]
+
+
+@pytest.mark.parametrize("when", ["within", "after"])
+async def test_a_claim_cancelled_after_handing_over_keeps_its_leases(
+    redis_layer: RedisChannelLayer, when: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deliveries given to ``started`` belong to it, even when the claim is cancelled
+    before it returns (from within ``started``, or after it, before the claim
+    resumes): they are not released (they run), and their lease holds."""
+    await open_blocking_connection(redis_layer)
+    handed: list[Any] = []
+
+    def started(deliveries: list[Any]) -> None:
+        handed.extend(deliveries)
+        # The claim's caller gives up as the reply arrives.
+        if when == "within":
+            waiting.cancel()
+        else:
+            asyncio.get_running_loop().call_soon(waiting.cancel)
+
+    waiting = asyncio.create_task(redis_layer.claim(["q"], 1, 30, 5, started))
+    await asyncio.sleep(0.1)
+    message, record = job("q")
+    await redis_layer.enqueue("q", message, record)
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    [delivery] = handed
+    await asyncio.sleep(0.1)  # what a release would have needed to land
+    assert await redis_layer.claim(["q"], 1, 30, 0) == [], "not released"
+    assert (await redis_layer.get_record(record.id)).status is JobStatus.RUNNING
+    assert await redis_layer.ack(delivery, "ran", 60)
+    # ... and the connection read on: its reader did not fail on the cancelled claim.
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
