@@ -8,6 +8,7 @@ return value becomes the job's result.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from collections.abc import Callable, Mapping
@@ -22,6 +23,16 @@ from .events import Event, decode_event
 
 class UnknownEventType(LayerqError):
     """No handler on the consumer matches the message's ``type``."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _handler_name(event_type: str) -> str:
+    """The Channels handler name for ``event_type`` (InvalidEvent when it has none),
+    worked out once per type rather than once per job."""
+    try:
+        return str(get_handler_name({"type": event_type}))
+    except ValueError as exc:
+        raise InvalidEvent(str(exc)) from exc
 
 
 def _job() -> JobContext:
@@ -72,12 +83,10 @@ class _WorkerMixin:
 
 def find_handler(consumer: object, message: Mapping[str, Any]) -> tuple[str, Callable[[Any], Any]]:
     """The Channels rule: ``type`` "a.b" is handled by method ``a_b``."""
-    if not isinstance(message.get("type"), str):
+    event_type = message.get("type")
+    if not isinstance(event_type, str):
         raise InvalidEvent("message has no 'type' string")
-    try:
-        name = get_handler_name(dict(message))
-    except ValueError as exc:
-        raise InvalidEvent(str(exc)) from exc
+    name = _handler_name(event_type)
     handler = getattr(consumer, name, None)
     if handler is None or not callable(handler):
         raise UnknownEventType(

@@ -135,32 +135,29 @@ def prepare(
 
 def _deliver_sync(prepared: _Prepared) -> None:
     layer = get_layer(prepared.job.layer_alias)
-    with _unconfirmed_on_fault(prepared):
+    try:
         if is_queue_layer(layer):
             layer.enqueue_sync(prepared.channel, prepared.message, prepared.record, prepared.delay)
         else:
             _basic_sync(layer, prepared)
+    except TransportError as exc:
+        # The fault may have come after the job was stored: the error names it.
+        exc.unconfirmed = [prepared.job]
+        raise
     _queued(prepared)
 
 
 async def _deliver(prepared: _Prepared) -> None:
     layer = get_layer(prepared.job.layer_alias)
-    with _unconfirmed_on_fault(prepared):
+    try:
         if is_queue_layer(layer):
             await layer.enqueue(prepared.channel, prepared.message, prepared.record, prepared.delay)
         else:
             await _basic(layer, prepared)
-    _queued(prepared)
-
-
-@contextlib.contextmanager
-def _unconfirmed_on_fault(prepared: _Prepared) -> Iterator[None]:
-    """A send's TransportError names its job: the fault may have come after it was stored."""
-    try:
-        yield
     except TransportError as exc:
-        exc.unconfirmed = [prepared.job]
+        exc.unconfirmed = [prepared.job]  # as in _deliver_sync
         raise
+    _queued(prepared)
 
 
 def _basic_sync(layer: Any, prepared: _Prepared) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hmac
 
 import msgspec
@@ -49,6 +50,19 @@ def test_signature_covers_fields_and_envelope() -> None:
     assert not signing.verify({**message, "a": 2}, signature)
     assert not signing.verify({**message, "layerq": {"id": "k", "enqueued": 1.0}}, signature)
     assert not signing.verify(message, None)
+
+
+def test_verify_of_an_envelopes_own_signature_leaves_the_message_as_it_was() -> None:
+    """A worker checks the signature its envelope carries: right or wrong, the
+    message keeps every key and value, the signature included."""
+    message = {"type": "t", "a": 1, "layerq": {"id": "j", "enqueued": 1.0}}
+    message["layerq"]["sig"] = signing.sign(message)
+    before = copy.deepcopy(message)
+    assert signing.verify(message, message["layerq"]["sig"])
+    assert message == before
+    message["a"] = 2
+    assert not signing.verify(message, message["layerq"]["sig"])
+    assert message["layerq"] == before["layerq"]
 
 
 def test_signature_is_hmac_sha256_of_the_canonical_json() -> None:
