@@ -215,8 +215,11 @@ def document(
     there were several)."""
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     failures = [o for o in outcomes if o.error is not None]
+    title = "layerq benchmark results"
+    if len(rounds) > 1:
+        title = f"layerq benchmark results, {len(rounds)} rounds"
     parts = [
-        "# layerq benchmark results",
+        f"# {title}",
         "",
         "Written by `python -m bench.run`; see bench/README.md for what each column measures.",
         "",

@@ -58,6 +58,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="run the systems this many times, taking turns; report medians and"
         " each round's ratios to the floor (default 1)",
     )  # fmt: skip
+    parser.add_argument(
+        "--append", action="store_true",
+        help="add this run to the end of --output (as a section) instead of replacing it",
+    )  # fmt: skip
     parser.add_argument("--list", action="store_true", help="list the systems and exit")
     args = parser.parse_args(argv)
     if args.quick:
@@ -134,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(report.round_ratios(rounds))
     if args.output is not None:
+        if args.append and args.output.exists():
+            # One more section: its title a level down, so the file keeps one.
+            text = args.output.read_text() + "\n#" + text
         args.output.write_text(text)
         print(f"\nbench: wrote {args.output}")
     return 1 if failed else 0
