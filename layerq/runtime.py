@@ -189,6 +189,9 @@ class Worker:
                 # Burst waits only for retries it scheduled itself: it finishes
                 # what it started, but not jobs delayed by their producers.
                 wait = max(0.0, min(CLAIM_WAIT, self._retry_due - time.monotonic()))
+            # Fresh for each claim: ids of a claim that raised must not linger (an
+            # id() may be reused by a later delivery, which would then not start).
+            self._started_early = set()
             deliveries = await self.source.claim(
                 self.channels, free, self.settings.lease, wait, self._start_early
             )
