@@ -223,7 +223,10 @@ class Worker:
 
     def _start_early(self, deliveries: list[Delivery]) -> None:
         """Start jobs the moment their claim's reply is read (see QueueLayer.claim):
-        their handlers run a loop turn sooner than the claim could return them."""
+        their handlers run a loop turn sooner than the claim could return them.
+        Once stopping, none is started: the claim returns them, to be released."""
+        if self._stopping:
+            return
         for delivery in deliveries:
             if id(delivery) not in self._started_early:
                 self._started_early.add(id(delivery))

@@ -314,3 +314,20 @@ async def test_layerq_settings_set_the_default_attempts(layer: Any) -> None:
         with pytest.raises(layerq.JobFailed):
             await job.aresult(timeout=10)
     assert (await job.arecord()).attempt == 1
+
+
+async def test_a_job_arriving_as_the_worker_stops_is_returned_unrun(layer: Any) -> None:
+    """Stop is asked while the worker waits on an empty channel; a job sent then
+    is claimed by that wait but not run: it goes back to the channel, its attempt
+    not counted, for the next worker."""
+    async with running_worker(["math"]) as worker:
+        # The worker waits for work, past its first wait on Redis (1 s), which a
+        # new connection makes: the next hands deliveries over as they are read.
+        await asyncio.sleep(1.3)
+        worker.request_stop()
+        job = await Add(a=1, b=2).asend()
+    assert worker.processed == 0
+    record = await job.arecord()
+    assert (record.status, record.attempt) == (JobStatus.QUEUED, 0)
+    async with running_worker(["math"]):
+        assert await job.aresult(timeout=5) == 3
