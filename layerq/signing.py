@@ -52,27 +52,25 @@ def _hmac_sha256(data: bytes) -> bytes:
     return outer.digest()  # type: ignore[no-any-return]
 
 
+def _digest(message: dict[str, Any]) -> str:
+    return _hmac_sha256(_json.encode(message))[:16].hex()
+
+
 def sign(message: dict[str, Any]) -> str:
     """Signature of ``message`` (the envelope's ``sig`` is left out of it)."""
     envelope = message.get("layerq")
-    if isinstance(envelope, dict) and "sig" in envelope:
-        message = {**message, "layerq": {k: v for k, v in envelope.items() if k != "sig"}}
-    return _hmac_sha256(_json.encode(message))[:16].hex()
+    if not isinstance(envelope, dict) or "sig" not in envelope:
+        return _digest(message)
+    # The signature is taken out for the encoding and put back, rather than both
+    # dicts copied (a worker checks every job). Keys are encoded sorted, so the
+    # signature coming back last changes nothing.
+    signature = envelope.pop("sig")
+    try:
+        return _digest(message)
+    finally:
+        envelope["sig"] = signature
 
 
 def verify(message: dict[str, Any], signature: object) -> bool:
     """True when ``signature`` is the signature of ``message``."""
-    if not isinstance(signature, str):
-        return False
-    expected: str = signature
-    envelope = message.get("layerq")
-    if not isinstance(envelope, dict) or envelope.get("sig") is not signature:
-        return hmac.compare_digest(sign(message), expected)
-    # The signature is the envelope's own (a worker's check): sign the message
-    # without it by taking it out for the encoding, rather than copying both
-    # dicts. Keys are encoded sorted, so putting it back last changes nothing.
-    del envelope["sig"]
-    try:
-        return hmac.compare_digest(_hmac_sha256(_json.encode(message))[:16].hex(), expected)
-    finally:
-        envelope["sig"] = expected
+    return isinstance(signature, str) and hmac.compare_digest(sign(message), signature)
