@@ -195,7 +195,7 @@ class Worker:
             deliveries = await self.source.claim(
                 self.channels, free, self.settings.lease, wait, self._start_early
             )
-            early, self._started_early = self._started_early, set()
+            early = self._started_early
             if self._stopping:
                 # Those started already run on: the drain below waits for them.
                 await self.source.release([d for d in deliveries if id(d) not in early])

@@ -284,7 +284,7 @@ class _Pending:
                 if self.early is not None:
                     self.early(self.replies)
                     if self.future.done():
-                        return  # cancelled by early(), whose the replies now are
+                        return  # early() cancelled it: the replies are early()'s now
                 self.future.set_result(self.replies)
             elif self.late is not None and self.future.cancelled():
                 self.late(self.replies)  # its caller gave up: they may still matter

@@ -175,7 +175,9 @@ async def take(
             except Exception:  # a bug must not break the connection's read
                 log.exception("worker.internal_error")
 
-    future, queued = _submit(pipe, call, pool, base, block, late, hand)
+    # Only a worker's claims hand rows over; other takes pay nothing for it.
+    handing = hand if early is not None else None
+    future, queued = _submit(pipe, call, pool, base, block, late, handing)
     try:
         # A call queued on an open connection is awaited as it is: cancelling
         # it hands its replies to late(). A connecting task is shielded.
@@ -207,7 +209,7 @@ def _submit(
     base: str,
     block: float,
     late: Late,
-    early: Early,
+    early: Early | None,
 ) -> tuple[asyncio.Future[list[Any]], bool]:
     """The take's replies, coming, and whether they were queued on an open
     connection (no task); else a task connects (and retries) first."""
