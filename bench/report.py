@@ -121,13 +121,35 @@ def merged(runs: Sequence[Outcome]) -> Outcome:
     )
 
 
-#: (column, figure of an outcome, whether higher is better) for :func:`round_ratios`
-_ROUND_FIGURES: list[tuple[str, Callable[[Outcome], float | None], bool]] = [
-    ("start p50", lambda o: o.start.p50 if o.start else None, False),
-    ("result p50", lambda o: o.result.p50 if o.result else None, False),
-    ("enqueue", lambda o: o.enqueue, True),
-    ("sync send", lambda o: o.sync_send, True),
-    ("drain", lambda o: o.drain, True),
+def _start_p50(o: Outcome) -> float | None:
+    return o.start.p50 if o.start else None
+
+
+def _result_p50(o: Outcome) -> float | None:
+    return o.result.p50 if o.result else None
+
+
+def _enqueue(o: Outcome) -> float | None:
+    return o.enqueue
+
+
+def _sync_send(o: Outcome) -> float | None:
+    return o.sync_send
+
+
+def _drain(o: Outcome) -> float | None:
+    return o.drain
+
+
+Figure = Callable[[Outcome], float | None]
+#: (column, a system's figure, the reference's figure it is divided by) for
+#: :func:`round_ratios`; sync send goes over the floor's enqueue, its only path
+_ROUND_FIGURES: list[tuple[str, Figure, Figure]] = [
+    ("start p50", _start_p50, _start_p50),
+    ("result p50", _result_p50, _result_p50),
+    ("enqueue", _enqueue, _enqueue),
+    ("sync send", _sync_send, _enqueue),
+    ("drain", _drain, _drain),
 ]
 
 
@@ -135,7 +157,6 @@ def round_ratios(rounds: Sequence[Sequence[Outcome]], against: str = FLOOR) -> s
     """Each system's figures over those of ``against`` measured in the same round:
     the median ratio and its range over the rounds. The machine drifts between
     rounds by more than the systems differ; a ratio within a round cancels that.
-    Enqueue and sync send are both taken over the floor's enqueue (its only path).
     """
     per_round = [{o.system.key: o for o in outcomes if o.error is None} for outcomes in rounds]
     if not any(against in found for found in per_round):
@@ -149,8 +170,7 @@ def round_ratios(rounds: Sequence[Sequence[Outcome]], against: str = FLOOR) -> s
     for key in keys:
         cells = []
         both = [found for found in per_round if key in found and against in found]
-        for name, figure, _ in _ROUND_FIGURES:
-            base = (lambda o: o.enqueue) if name == "sync send" else figure
+        for _, figure, base in _ROUND_FIGURES:
             values = [
                 figure(found[key]) / reference
                 for found in both
