@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -101,3 +102,10 @@ async def running_worker(channels: list[str], **options: Any) -> AsyncIterator[W
     finally:
         worker.request_stop()
         await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    """Collect cycles after each test, so a leaked socket fails the test that leaked it."""
+    yield
+    gc.collect()

@@ -479,6 +479,8 @@ class AsyncPipe:
         self.target = target
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
+        #: set by close(): a closed pipe opens no connection, one it could never close
+        self._closed = False
 
     def submit(
         self, calls: Sequence[Call], late: Late | None = None, early: Early | None = None
@@ -524,6 +526,8 @@ class AsyncPipe:
         """Send packed commands; their replies (errors as values), retried on faults."""
         failures = 0
         while True:
+            if self._closed:
+                raise RedisConnectionError("connection closed")
             protocol = self._protocol
             try:
                 if protocol is None or protocol.transport is None:
@@ -563,13 +567,15 @@ class AsyncPipe:
                     ssl=target.tls,
                     server_hostname=target.host if target.tls else None,
                 )
-        setup = target.setup()
-        if setup:
-            try:
+        try:
+            setup = target.setup()
+            if setup:
                 check(await protocol.send(pack(setup), len(setup)))
-            except BaseException:
-                protocol.close()
-                raise
+            if self._closed:  # close() came while this connection was opening
+                raise RedisConnectionError("connection closed")
+        except BaseException:
+            protocol.close()
+            raise
         self._protocol = protocol
         return protocol
 
@@ -579,6 +585,7 @@ class AsyncPipe:
         return self._protocol is None or self._protocol.idle
 
     async def close(self) -> None:
+        self._closed = True
         protocol, self._protocol = self._protocol, None
         if protocol is not None:
             protocol.close()
@@ -593,10 +600,14 @@ class BlockingPool:
         self.target = target
         self._free: list[AsyncPipe] = []
         self._busy: set[AsyncPipe] = set()
-        self._closing: set[asyncio.Task[None]] = set()
+        #: pipes waiting for their last reply before they close, by their task
+        self._closing: dict[asyncio.Task[None], AsyncPipe] = {}
+        self._closed = False
 
     def acquire(self) -> AsyncPipe:
         """A pipe no one else is blocking on; give it back with :meth:`release`."""
+        if self._closed:
+            raise RedisConnectionError("connection closed")
         pipe = self._free.pop() if self._free else AsyncPipe(self.target)
         self._busy.add(pipe)
         return pipe
@@ -606,12 +617,12 @@ class BlockingPool:
         self._busy.discard(pipe)
         # A caller cancelled mid-block leaves a reply in flight: that pipe is
         # not reused, or the next blocker would wait behind the old block.
-        if pipe.idle and len(self._free) < 8:
+        if pipe.idle and len(self._free) < 8 and not self._closed:
             self._free.append(pipe)
         else:
             task = asyncio.ensure_future(_close_when_idle(pipe))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self._closing[task] = pipe
+            task.add_done_callback(self._closing.pop)
 
     @contextlib.asynccontextmanager
     async def pipe(self) -> AsyncIterator[AsyncPipe]:
@@ -628,7 +639,10 @@ class BlockingPool:
             return await pipe.call(calls)
 
     async def close(self) -> None:
-        pipes = [*self._free, *self._busy]
+        self._closed = True
+        # A closing task cancelled before its first step never runs its
+        # finally: its pipe is closed here, with the others.
+        pipes = [*self._free, *self._busy, *self._closing.values()]
         self._free, self._busy = [], set()
         for task in self._closing:
             task.cancel()

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from layerq.errors import ConfigurationError, TransportError
 from layerq.layers import redis_conn
 from layerq.layers.redis import RedisChannelLayer
-from layerq.layers.redis_conn import AsyncPipe, SyncPipe, Target
+from layerq.layers.redis_conn import AsyncPipe, BlockingPool, SyncPipe, Target
 from layerq.layers.redis_keys import Host, parse_hosts
 from layerq.testing import RedisServer, free_port
 from tests.integration.test_redis import job
@@ -157,6 +158,58 @@ async def test_a_killed_connection_is_reopened_by_the_next_call(redis_server: Re
     finally:
         admin.close()
         await pipe.close()
+
+
+async def _clients_settle_at(admin: redis.Redis, count: int) -> int:
+    """The server's connected clients once they reach ``count`` (or after 3 s)."""
+    for _ in range(60):
+        clients = int(admin.info("clients")["connected_clients"])
+        if clients == count:
+            break
+        await asyncio.sleep(0.05)
+    return clients
+
+
+async def test_a_pipe_closed_while_it_connects_keeps_no_connection() -> None:
+    """close() during the connect: the call fails, and the new connection is closed."""
+    with RedisServer() as server:
+        admin = redis.Redis(port=server.port)
+        try:
+            admin.ping()
+            pipe = AsyncPipe(Target(parse_hosts([server.url])[0], {}))
+            calling = asyncio.create_task(pipe.call([("PING",)]))
+            await asyncio.sleep(0)  # the call has started to connect
+            assert admin.info("clients")["connected_clients"] == 1
+            await pipe.close()
+            with pytest.raises(RedisConnectionError):
+                await calling
+            assert await _clients_settle_at(admin, 1) == 1
+        finally:
+            admin.close()
+
+
+async def test_a_closed_pool_closes_the_pipes_it_was_about_to_close() -> None:
+    """A pipe released mid-block and the pool closed in the same turn: no socket is left."""
+    with RedisServer() as server:
+        admin = redis.Redis(port=server.port)
+        pool = BlockingPool(Target(parse_hosts([server.url])[0], {}))
+        try:
+            pipe = pool.acquire()
+            blocked = asyncio.create_task(pipe.call([("BLPOP", "pool:never", 20)]))
+            for _ in range(60):
+                if admin.info("clients")["blocked_clients"] == 1:
+                    break
+                await asyncio.sleep(0.05)
+            blocked.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await blocked
+            pool.release(pipe)  # its BLPOP is still in flight: it is to close
+            await pool.close()
+            assert await _clients_settle_at(admin, 1) == 1
+            with pytest.raises(RedisConnectionError):
+                pool.acquire()
+        finally:
+            admin.close()
 
 
 def test_pipelined_batches_run_again_after_the_connection_is_killed(
