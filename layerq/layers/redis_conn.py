@@ -584,11 +584,18 @@ class AsyncPipe:
         """True when no replies are outstanding (a blocking pipe may be reused)."""
         return self._protocol is None or self._protocol.idle
 
-    async def close(self) -> None:
+    def shut(self) -> None:
+        """Close for good, without waiting for the connection to be gone."""
         self._closed = True
         protocol, self._protocol = self._protocol, None
         if protocol is not None:
             protocol.close()
+
+    async def close(self) -> None:
+        """Close for good; back when the connection is gone (or after a second)."""
+        protocol = self._protocol
+        self.shut()
+        if protocol is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(protocol.closed, 1.0)
 
@@ -600,8 +607,8 @@ class BlockingPool:
         self.target = target
         self._free: list[AsyncPipe] = []
         self._busy: set[AsyncPipe] = set()
-        #: pipes waiting for their last reply before they close, by their task
-        self._closing: dict[asyncio.Task[None], AsyncPipe] = {}
+        #: waits for the last reply of a pipe that is to close
+        self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def acquire(self) -> AsyncPipe:
@@ -620,9 +627,13 @@ class BlockingPool:
         if pipe.idle and len(self._free) < 8 and not self._closed:
             self._free.append(pipe)
         else:
-            task = asyncio.ensure_future(_close_when_idle(pipe))
-            self._closing[task] = pipe
-            task.add_done_callback(self._closing.pop)
+            # The pipe shuts when the wait ends, however it ends: a task
+            # cancelled before its first step (by close(), or by asyncio.run
+            # cancelling what is left) never runs a finally of its own.
+            task = asyncio.ensure_future(_until_idle(pipe))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            task.add_done_callback(lambda _: pipe.shut())
 
     @contextlib.asynccontextmanager
     async def pipe(self) -> AsyncIterator[AsyncPipe]:
@@ -640,9 +651,7 @@ class BlockingPool:
 
     async def close(self) -> None:
         self._closed = True
-        # A closing task cancelled before its first step never runs its
-        # finally: its pipe is closed here, with the others.
-        pipes = [*self._free, *self._busy, *self._closing.values()]
+        pipes = [*self._free, *self._busy]
         self._free, self._busy = [], set()
         for task in self._closing:
             task.cancel()
@@ -651,14 +660,12 @@ class BlockingPool:
         )
 
 
-async def _close_when_idle(pipe: AsyncPipe) -> None:
-    try:
-        for _ in range(int(READ_TIMEOUT / 0.05)):
-            if pipe.idle:
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        await pipe.close()
+async def _until_idle(pipe: AsyncPipe) -> None:
+    """Until ``pipe`` has had its replies, or READ_TIMEOUT has passed."""
+    for _ in range(int(READ_TIMEOUT / 0.05)):
+        if pipe.idle:
+            return
+        await asyncio.sleep(0.05)
 
 
 # --- sync -------------------------------------------------------------------------------

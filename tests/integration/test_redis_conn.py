@@ -188,8 +188,10 @@ async def test_a_pipe_closed_while_it_connects_keeps_no_connection() -> None:
             admin.close()
 
 
-async def test_a_closed_pool_closes_the_pipes_it_was_about_to_close() -> None:
-    """A pipe released mid-block and the pool closed in the same turn: no socket is left."""
+@pytest.mark.parametrize("ending", ["pool closed", "tasks cancelled"])
+async def test_a_pipe_released_mid_block_is_closed_however_its_wait_ends(ending: str) -> None:
+    """A pipe released mid-block, then at once the pool closed, or every other task
+    cancelled (as asyncio.run does as it ends): no socket is left open."""
     with RedisServer() as server:
         admin = redis.Redis(port=server.port)
         pool = BlockingPool(Target(parse_hosts([server.url])[0], {}))
@@ -204,8 +206,13 @@ async def test_a_closed_pool_closes_the_pipes_it_was_about_to_close() -> None:
             with pytest.raises(asyncio.CancelledError):
                 await blocked
             pool.release(pipe)  # its BLPOP is still in flight: it is to close
-            await pool.close()
+            if ending == "pool closed":
+                await pool.close()
+            else:
+                for task in asyncio.all_tasks() - {asyncio.current_task()}:
+                    task.cancel()
             assert await _clients_settle_at(admin, 1) == 1
+            await pool.close()
             with pytest.raises(RedisConnectionError):
                 pool.acquire()
         finally:
