@@ -16,9 +16,11 @@ import contextvars
 import dataclasses
 import inspect
 import random
+import sys
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import Context
 from typing import Any
 
 import structlog
@@ -87,8 +89,24 @@ class _Rejected(Exception):
 @dataclasses.dataclass(slots=True)
 class _Running:
     delivery: Delivery
-    task: asyncio.Task[None]
+    task: asyncio.Task[None] = dataclasses.field(init=False)  #: set once it is created
     settled: bool = False
+
+
+if sys.version_info >= (3, 12):
+
+    def _job_task(coroutine: Coroutine[Any, Any, None], context: Context) -> asyncio.Task[None]:
+        """A job's task, its first step run at once: up to the handler's first wait,
+        without a loop turn in between (the worker starts jobs as their claim's
+        reply is read, see Worker._start_early)."""
+        loop = asyncio.get_running_loop()
+        return asyncio.Task(coroutine, loop=loop, context=context, eager_start=True)
+
+else:
+
+    def _job_task(coroutine: Coroutine[Any, Any, None], context: Context) -> asyncio.Task[None]:
+        """A job's task (eager start needs Python 3.12: here its first step is next turn)."""
+        return asyncio.get_running_loop().create_task(coroutine, context=context)
 
 
 class Worker:
@@ -217,9 +235,10 @@ class Worker:
     def _start(self, delivery: Delivery) -> None:
         # Each job's task gets its own copy of the worker's context (whether it is
         # started here or in a connection's read, see _start_early).
-        task = asyncio.create_task(self._handle(delivery), context=self._context.copy())
-        self._running[delivery.id] = _Running(delivery, task)
+        # Registered first: an eager task may settle, or even end, in its creation.
+        running = self._running[delivery.id] = _Running(delivery)
         self._slots.add(delivery.id)
+        running.task = _job_task(self._handle(delivery), self._context.copy())
 
     def _start_early(self, deliveries: list[Delivery]) -> None:
         """Start jobs the moment their claim's reply is read (see QueueLayer.claim):
