@@ -1,8 +1,9 @@
 """Virtualenvs for peers whose dependencies conflict, made on demand from pinned files.
 
-``bench/requirements/NAME.txt`` becomes ``bench/.venvs/NAME`` (gitignored). A
-stamp named after the file's hash makes an edited requirements file rebuild
-the venv, as the Makefile does for the project venv.
+``bench/requirements/NAME.txt`` becomes ``bench/.venvs/NAME-pyX.Y`` (gitignored),
+on the interpreter that runs the bench, so every system of a run shares one
+Python. A stamp named after the file's hash makes an edited requirements file
+rebuild the venv, as the Makefile does for the project venv.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def python_for(name: str | None) -> str:
         return sys.executable
     requirements = REQUIREMENTS / f"{name}.txt"
     digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:12]
-    home = VENVS / name
+    home = VENVS / f"{name}-py{sys.version_info.major}.{sys.version_info.minor}"
     python = home / "bin" / "python"
     stamp = home / f".installed-{digest}"
     if stamp.exists() and python.exists():
