@@ -192,6 +192,15 @@ class RedisChannelLayer(RedisBase):
         """
         self.require_valid_channel_name(channel)
         pipe = self._pipe(self._base(channel)[0])
+        if len(batch) <= ENQUEUE_CHUNK:  # a send: one round trip, nothing to tally
+            calls = self._enqueue_calls(channel, batch, delay)
+            with transport_errors("enqueue"):
+                replies = await _answer(pipe, calls, pipe.submit(calls))
+            flags, refused = self._enqueued(channel, batch, calls, replies)
+            if refused:
+                with stored_so_far(flags), transport_errors("enqueue"):
+                    await pipe.call(refused)
+            return flags
         chunks = list(_chunks(batch))
         sending: list[tuple[list[Call], asyncio.Future[list[Any]] | None]] = []
         for index, chunk in enumerate(chunks):
@@ -221,9 +230,11 @@ class RedisChannelLayer(RedisBase):
         if len(batch) <= ENQUEUE_CHUNK:  # a send: one plain round trip
             calls = self._enqueue_calls(channel, batch, delay)
             with transport_errors("enqueue"):
-                flags, undo = self._enqueued(channel, batch, calls, pipe.call(calls))
-                if undo:
-                    pipe.call(undo)
+                replies = pipe.call(calls)
+            flags, refused = self._enqueued(channel, batch, calls, replies)
+            if refused:
+                with stored_so_far(flags), transport_errors("enqueue"):
+                    pipe.call(refused)
             return flags
         chunks = list(_chunks(batch))
         sent: list[list[Call]] = []
