@@ -316,7 +316,8 @@ def test_a_silent_server_is_a_transport_error_for_sync_callers(
 
 
 def _certificates(directory: Path) -> tuple[Path, Path, Path]:
-    """A throw-away CA and a server certificate for localhost, made by the openssl CLI.
+    """A throw-away CA and a certificate for localhost (fit for a server and for a
+    client), made by the openssl CLI.
 
     With the extensions Python 3.13's default context insists on
     (VERIFY_X509_STRICT): key usage on the CA, key identifiers on both.
@@ -328,7 +329,7 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
         "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
         "basicConstraints=critical,CA:FALSE\n"
         "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth\n"
+        "extendedKeyUsage=serverAuth,clientAuth\n"
         "subjectKeyIdentifier=hash\n"
         "authorityKeyIdentifier=keyid,issuer\n"
     )
@@ -381,6 +382,44 @@ async def test_tls_with_the_servers_ca_verifies_and_works(tmp_path: Path) -> Non
                 untrusting.get_record_sync("nope")
         finally:
             await untrusting.close()
+
+
+async def test_tls_client_certificates_and_unverified_servers(tmp_path: Path) -> None:
+    """ssl_certfile and ssl_keyfile present a client certificate to a server that asks
+    for one (refused without it); ssl_cert_reqs="none" connects without the CA."""
+    ca_cert, cert, key = _certificates(tmp_path)
+    tls_port = free_port()
+    args = (
+        "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        "--tls-ca-cert-file", str(ca_cert), "--tls-auth-clients", "yes",
+    )  # fmt: skip
+    client = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+    with RedisServer(extra_args=args):
+        url = f"rediss://localhost:{tls_port}/0"
+        verified, unverified = {"ssl_ca_certs": str(ca_cert)}, {"ssl_cert_reqs": "none"}
+        for options in ({**verified, **client}, {**unverified, **client}):
+            layer = RedisChannelLayer(hosts=[url], connection_kwargs=options)
+            try:
+                await layer.send("c", {"type": "t", "over": "mutual tls"})
+                received = await asyncio.wait_for(layer.receive("c"), 5)
+                assert received == {"type": "t", "over": "mutual tls"}
+                message, record = job("jobs")
+                layer.enqueue_sync("jobs", message, record)
+                found = layer.get_record_sync(record.id)
+                assert found is not None
+                assert found.id == record.id
+            finally:
+                await layer.flush()
+                await layer.close()
+        # Without a client certificate the server refuses the connection.
+        anonymous = RedisChannelLayer(hosts=[url], connection_kwargs={"ssl_ca_certs": str(ca_cert)})
+        try:
+            with pytest.raises(TransportError):
+                await anonymous.send("c", {"type": "t"})
+            with pytest.raises(TransportError):
+                anonymous.get_record_sync("nope")
+        finally:
+            await anonymous.close()
 
 
 def test_the_layer_runs_on_uvloop(redis_server: RedisServer) -> None:
