@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -351,75 +352,68 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
     return ca_cert, cert, key
 
 
-async def test_tls_with_the_servers_ca_verifies_and_works(tmp_path: Path) -> None:
-    """rediss:// with ssl_ca_certs: the certificate is checked, then the layer works as usual."""
-    ca_cert, cert, key = _certificates(tmp_path)
+async def _works_over(url: str, options: dict[str, str]) -> None:
+    """A layer with these connection options sends, receives and reads records,
+    on its async and its sync connections."""
+    layer = RedisChannelLayer(hosts=[url], connection_kwargs=options)
+    try:
+        await layer.send("c", {"type": "t", "over": "tls"})
+        assert await asyncio.wait_for(layer.receive("c"), 5) == {"type": "t", "over": "tls"}
+        message, record = job("jobs")
+        layer.enqueue_sync("jobs", message, record)
+        found = layer.get_record_sync(record.id)
+        assert found is not None
+        assert found.id == record.id
+    finally:
+        await layer.flush()
+        await layer.close()
+
+
+async def _refused_over(url: str, options: dict[str, str], match: str | None = None) -> None:
+    """A layer with these connection options gets TransportError, async and sync."""
+    layer = RedisChannelLayer(hosts=[url], connection_kwargs=options)
+    try:
+        with pytest.raises(TransportError, match=match):
+            await layer.send("c", {"type": "t"})
+        with pytest.raises(TransportError, match=match):
+            layer.get_record_sync("nope")
+    finally:
+        await layer.close()
+
+
+@contextlib.contextmanager
+def _tls_server(directory: Path, clients: bool) -> Iterator[tuple[str, Path, Path, Path]]:
+    """A private server on TLS (asking clients for certificates when ``clients``):
+    its rediss:// URL, and the CA, certificate and key."""
+    ca_cert, cert, key = _certificates(directory)
     tls_port = free_port()
     args = (
         "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-        "--tls-ca-cert-file", str(ca_cert), "--tls-auth-clients", "no",
+        "--tls-ca-cert-file", str(ca_cert),
+        "--tls-auth-clients", "yes" if clients else "no",
     )  # fmt: skip
     with RedisServer(extra_args=args):
-        url = f"rediss://localhost:{tls_port}/0"
-        layer = RedisChannelLayer(hosts=[url], connection_kwargs={"ssl_ca_certs": str(ca_cert)})
-        try:
-            await layer.send("c", {"type": "t", "over": "tls"})
-            assert await asyncio.wait_for(layer.receive("c"), 5) == {"type": "t", "over": "tls"}
-            message, record = job("jobs")
-            layer.enqueue_sync("jobs", message, record)
-            found = layer.get_record_sync(record.id)
-            assert found is not None
-            assert found.id == record.id
-        finally:
-            await layer.flush()
-            await layer.close()
+        yield f"rediss://localhost:{tls_port}/0", ca_cert, cert, key
+
+
+async def test_tls_with_the_servers_ca_verifies_and_works(tmp_path: Path) -> None:
+    """rediss:// with ssl_ca_certs: the certificate is checked, then the layer works as usual."""
+    with _tls_server(tmp_path, clients=False) as (url, ca_cert, _, _):
+        await _works_over(url, {"ssl_ca_certs": str(ca_cert)})
         # Without the CA the server's certificate is refused: no silent downgrade.
-        untrusting = RedisChannelLayer(hosts=[url])
-        try:
-            with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
-                await untrusting.send("c", {"type": "t"})
-            with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
-                untrusting.get_record_sync("nope")
-        finally:
-            await untrusting.close()
+        await _refused_over(url, {}, match="CERTIFICATE_VERIFY_FAILED")
 
 
 async def test_tls_client_certificates_and_unverified_servers(tmp_path: Path) -> None:
     """ssl_certfile and ssl_keyfile present a client certificate to a server that asks
     for one (refused without it); ssl_cert_reqs="none" connects without the CA."""
-    ca_cert, cert, key = _certificates(tmp_path)
-    tls_port = free_port()
-    args = (
-        "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-        "--tls-ca-cert-file", str(ca_cert), "--tls-auth-clients", "yes",
-    )  # fmt: skip
-    client = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
-    with RedisServer(extra_args=args):
-        url = f"rediss://localhost:{tls_port}/0"
+    with _tls_server(tmp_path, clients=True) as (url, ca_cert, cert, key):
+        client = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
         verified, unverified = {"ssl_ca_certs": str(ca_cert)}, {"ssl_cert_reqs": "none"}
         for options in ({**verified, **client}, {**unverified, **client}):
-            layer = RedisChannelLayer(hosts=[url], connection_kwargs=options)
-            try:
-                await layer.send("c", {"type": "t", "over": "mutual tls"})
-                received = await asyncio.wait_for(layer.receive("c"), 5)
-                assert received == {"type": "t", "over": "mutual tls"}
-                message, record = job("jobs")
-                layer.enqueue_sync("jobs", message, record)
-                found = layer.get_record_sync(record.id)
-                assert found is not None
-                assert found.id == record.id
-            finally:
-                await layer.flush()
-                await layer.close()
+            await _works_over(url, options)
         # Without a client certificate the server refuses the connection.
-        anonymous = RedisChannelLayer(hosts=[url], connection_kwargs={"ssl_ca_certs": str(ca_cert)})
-        try:
-            with pytest.raises(TransportError):
-                await anonymous.send("c", {"type": "t"})
-            with pytest.raises(TransportError):
-                anonymous.get_record_sync("nope")
-        finally:
-            await anonymous.close()
+        await _refused_over(url, verified)
 
 
 def test_the_layer_runs_on_uvloop(redis_server: RedisServer) -> None:
