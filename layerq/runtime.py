@@ -1,11 +1,14 @@
 """Where a job runs: the worker loop behind ``manage.py runworker``.
 
-One asyncio loop claims deliveries (never more than there are free slots, so
-a killed worker holds at most ``concurrency`` jobs, all under lease), runs
-async handlers as tasks and sync handlers in a thread pool, heartbeats the
-leases of running jobs, and settles each delivery: ack with the result, retry
-with backoff, or dead-letter with the reason. Stopping is graceful: no new
-claims; running jobs get ``shutdown_timeout`` seconds; the rest go back.
+One asyncio loop claims deliveries (never more than its free slots plus a
+bounded ``prefetch``, so a killed worker holds at most ``concurrency +
+prefetch`` jobs, all under lease), runs async handlers as tasks and sync
+handlers in a thread pool, heartbeats the leases of running and prefetched
+jobs, and settles each delivery: ack with the result, retry with backoff, or
+dead-letter with the reason. Prefetched deliveries start as slots free, without
+a round trip; the claim that refills them is in flight while jobs run. Stopping
+is graceful: no new claims; running jobs get ``shutdown_timeout`` seconds; the
+rest (prefetched ones included) go back.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import inspect
 import random
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import Context
@@ -118,12 +122,15 @@ class Worker:
         channels: Sequence[str],
         *,
         concurrency: int = 8,
+        prefetch: int = 0,
         burst: bool = False,
         shutdown_timeout: float = 30.0,
         layer_alias: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if prefetch < 0:
+            raise ValueError("prefetch must be 0 or more")
         self.channels = list(dict.fromkeys(channels))
         self.routes: dict[str, Route] = resolve(application, self.channels)
         self.concurrency = concurrency
@@ -134,8 +141,14 @@ class Worker:
         self.source: QueueSource | BasicSource = (
             QueueSource(self.layer) if is_queue_layer(self.layer) else BasicSource(self.layer)
         )
+        #: deliveries claimed ahead of free slots, leased while they wait in
+        #: ``_waiting``; none in basic mode, where a crash would lose them
+        self.prefetch = prefetch if self.source.reliable else 0
         self._running: dict[str, _Running] = {}
-        #: deliveries the claim in progress started as they arrived (id() of each)
+        #: claimed (leased) deliveries waiting for a slot: the prefetch
+        self._waiting: deque[Delivery] = deque()
+        self._refill_scheduled = False
+        #: deliveries the claim in progress took as they arrived (id() of each)
         self._started_early: set[int] = set()
         self._context = contextvars.copy_context()
         #: deliveries holding a slot: running, or settling where a settle does
@@ -197,8 +210,9 @@ class Worker:
 
     async def _loop(self) -> None:
         while not self._stopping:
-            free = self.concurrency - len(self._slots)
-            if free <= 0:
+            self._start_waiting()
+            room = self.concurrency + self.prefetch - len(self._slots) - len(self._waiting)
+            if room <= 0:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
@@ -211,7 +225,7 @@ class Worker:
             # id() may be reused by a later delivery, which would then not start).
             self._started_early = set()
             deliveries = await self.source.claim(
-                self.channels, free, self.settings.lease, wait, self._start_early
+                self.channels, room, self.settings.lease, wait, self._start_early
             )
             early = self._started_early
             if self._stopping:
@@ -220,12 +234,13 @@ class Worker:
                 break
             for delivery in deliveries:
                 if id(delivery) not in early:
-                    self._start(delivery)
+                    self._take(delivery)
             if deliveries:
                 # Let the jobs begin before the next claim is prepared and sent.
                 await asyncio.sleep(0)
             if not deliveries and self.burst:
-                if not self._running:
+                self._start_waiting()
+                if not self._running and not self._waiting:
                     if time.monotonic() < self._retry_due:
                         continue
                     break
@@ -240,22 +255,44 @@ class Worker:
         self._slots.add(delivery.id)
         running.task = _job_task(self._handle(delivery), self._context.copy())
 
+    def _take(self, delivery: Delivery) -> None:
+        """Start a claimed delivery, or keep it (leased) until a slot frees."""
+        if not self._waiting and len(self._slots) < self.concurrency:
+            self._start(delivery)
+        else:
+            self._waiting.append(delivery)
+
+    def _start_waiting(self) -> None:
+        """Start prefetched deliveries in the free slots, oldest first."""
+        self._refill_scheduled = False
+        while self._waiting and len(self._slots) < self.concurrency and not self._stopping:
+            self._start(self._waiting.popleft())
+
     def _start_early(self, deliveries: list[Delivery]) -> None:
-        """Start jobs the moment their claim's reply is read (see QueueLayer.claim):
+        """Take jobs the moment their claim's reply is read (see QueueLayer.claim):
         their handlers run a loop turn sooner than the claim could return them.
-        Once stopping, none is started: the claim returns them, to be released."""
+        Once stopping, none is taken: the claim returns them, to be released."""
         if self._stopping:
             return
         for delivery in deliveries:
             if id(delivery) not in self._started_early:
                 self._started_early.add(id(delivery))
-                self._start(delivery)
+                self._take(delivery)
 
     def _free_slot(self, delivery: Delivery) -> None:
         self._slots.discard(delivery.id)
+        if self._waiting and not self._refill_scheduled:
+            # Not started here, inside the job that is ending: at the next turn.
+            self._refill_scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_waiting)
         self._slot_free.set()
 
     async def _drain(self) -> None:
+        if self._waiting:
+            # Never started: back at once, for other workers to take now.
+            waiting = list(self._waiting)
+            self._waiting.clear()
+            await self.source.release(waiting)
         if self._running and not self._hard_stop:
             # The jobs in flight may finish within the grace period, unless a second
             # stop comes first.
@@ -288,6 +325,7 @@ class Worker:
         while True:
             await asyncio.sleep(lease / 3)
             live = [r.delivery for r in self._running.values() if not r.settled]
+            live += self._waiting
             if live:
                 try:
                     await self.source.extend(live, lease)

@@ -27,7 +27,8 @@ class System:
 
     def unavailable(self) -> str | None:
         """Why this system cannot run here, or None."""
-        if self.key == "layerq-redis" and importlib.util.find_spec("layerq.layers.redis") is None:
+        redis = importlib.util.find_spec("layerq.layers.redis")
+        if self.key.startswith("layerq-redis") and redis is None:
             return "layerq.layers.redis does not exist yet"
         return None
 
@@ -81,6 +82,14 @@ SYSTEMS = [
         "redis",
         note="layerq RedisChannelLayer; runworker defaults; result via job.result()",
         bulk=True,
+    ),
+    System(
+        "layerq-redis-prefetch",
+        "layerq Redis, prefetch 24",
+        "layerq_system",
+        "redis-prefetch",
+        note="as layerq Redis, with runworker --prefetch 24: up to 32 jobs held (8 running),"
+        " as Celery's default prefetch multiplier of 4 holds with 8 threads",
     ),
     System(
         "celery-solo",

@@ -31,7 +31,7 @@ if _variant == "sqlite":
             "CONFIG": {"path": str(Path(_config["directory"]) / "layerq.sqlite3")},
         }
     }
-elif _variant == "redis":
+elif _variant in ("redis", "redis-prefetch"):
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "layerq.layers.RedisChannelLayer",

@@ -1,7 +1,8 @@
 """layerq: ``Event.send()`` / ``asend()`` producers and ``manage.py runworker`` (8 slots).
 
 Variants (see layerq_project): ``sqlite`` and ``redis`` are the at-least-once
-layerq layers, results read with ``job.result()``; ``inmemory`` is basic mode
+layerq layers, results read with ``job.result()`` (``redis-prefetch``: the
+worker prefetches, see PREFETCH); ``inmemory`` is basic mode
 on InMemoryChannelLayer, where producer and worker share one process and the
 outcome arrives as the ``layerq.job.succeeded`` group notification.
 
@@ -38,6 +39,9 @@ from bench.systems.common import (
 )
 
 PACKAGES = ["layerq", "Django", "channels", "msgspec", "structlog", "redis", "hiredis"]
+#: ``runworker --prefetch`` of the ``-prefetch`` variants: with the 8 slots, up to 32
+#: jobs held, as Celery holds with 8 threads and its default prefetch multiplier (4)
+PREFETCH = 24
 #: the group an in-process producer joins to hear outcomes in basic mode
 RESULTS_GROUP = "bench.results"
 
@@ -78,7 +82,8 @@ def worker(config: Config) -> None:
     from layerq.management.commands.runworker import Command
 
     _app()
-    call_command(Command(), common.QUEUE, log_format="json")
+    prefetch = PREFETCH if config.variant.endswith("-prefetch") else 0
+    call_command(Command(), common.QUEUE, log_format="json", prefetch=prefetch)
 
 
 def latency(config: Config) -> list[list[float]]:

@@ -207,6 +207,65 @@ async def test_a_job_longer_than_its_lease_keeps_it_by_heartbeat(layer: Any) -> 
     assert (await job.arecord()).attempt == 1
 
 
+async def test_a_prefetching_worker_holds_its_prefetch_under_lease_and_runs_one_at_a_time(
+    layer: Any,
+) -> None:
+    """With concurrency 1 and prefetch 2, the worker leases three of four jobs (the
+    fourth is left for others) and runs them one after another."""
+    jobs = [await Sleep(seconds=0.3).asend() for _ in range(4)]
+    began = asyncio.get_running_loop().time()
+    async with running_worker(["slow"], concurrency=1, prefetch=2):
+        await until_running(jobs[0])
+        await asyncio.sleep(0.05)
+        left = await layer.claim(["slow"], 10, 30, 0)
+        assert [delivery.job_id for delivery in left] == [jobs[3].id]
+        await layer.release(left)
+        assert [await job.aresult(timeout=10) for job in jobs] == [""] * 4
+    assert asyncio.get_running_loop().time() - began >= 4 * 0.3  # never two at once
+    assert [(await job.arecord()).attempt for job in jobs] == [1, 1, 1, 1]
+
+
+async def test_a_prefetched_job_keeps_its_lease_while_it_waits_for_a_slot(layer: Any) -> None:
+    """A job prefetched behind one that runs for several leases is heartbeat too:
+    nothing takes it meanwhile, and it runs once, on its first attempt."""
+    first = await Sleep(seconds=2.5).asend(max_attempts=1)
+    second = await Sleep(seconds=0.0).asend(max_attempts=1)
+    with override_settings(LAYERQ={"lease": 1.0}):
+        async with running_worker(["slow"], concurrency=1, prefetch=1):
+            await until_running(first)
+            await asyncio.sleep(2.0)  # two leases later
+            assert await layer.claim(["slow"], 10, 30, 0) == []
+            await second.aresult(timeout=10)
+    assert [(await job.arecord()).attempt for job in (first, second)] == [1, 1]
+
+
+async def test_stopping_returns_prefetched_jobs_unrun(layer: Any) -> None:
+    """A graceful stop lets the running job finish and returns the prefetched ones
+    at once, their attempts not counted."""
+    running = await Sleep(seconds=0.5).asend()
+    waiting = [await Sleep(seconds=0.0).asend() for _ in range(2)]
+    async with running_worker(["slow"], concurrency=1, prefetch=2) as worker:
+        await until_running(running)
+        await asyncio.sleep(0.05)
+    assert worker.processed == 1
+    assert await running.aresult(timeout=0) == ""
+    records = [await job.arecord() for job in waiting]
+    assert [(r.status, r.attempt) for r in records] == [(JobStatus.QUEUED, 0)] * 2
+    assert len(await layer.claim(["slow"], 10, 30, 0)) == 2
+
+
+def test_prefetch_is_never_negative_and_is_off_in_basic_mode(settings: Any, tmp_path: Any) -> None:
+    """Worker refuses a negative prefetch; on a plain Channels layer (no leases) it
+    prefetches nothing, whatever it was asked."""
+    from layerq.runtime import Worker
+    from tests.app.asgi import application
+
+    with pytest.raises(ValueError, match="prefetch"):
+        Worker(application, ["math"], prefetch=-1)
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    assert Worker(application, ["math"], prefetch=8).prefetch == 0
+
+
 async def test_burst_worker_exits_when_the_channel_is_empty(layer: Any) -> None:
     """runworker --burst drains the channel, including its retries, then stops."""
     from layerq.runtime import Worker

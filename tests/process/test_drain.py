@@ -36,12 +36,14 @@ def report(capsys: pytest.CaptureFixture[str], what: str, extra_runs: int) -> No
         print(f"\n[{what}] handler runs beyond one per job: {extra_runs} of {JOBS} jobs")
 
 
+@pytest.mark.parametrize("prefetch", [0, 8])
 def test_sigkill_in_a_1000_job_drain_loses_nothing(
-    shared_layer: Any, start_worker: Any, capsys: pytest.CaptureFixture[str]
+    shared_layer: Any, start_worker: Any, capsys: pytest.CaptureFixture[str], prefetch: int
 ) -> None:
-    """Kill -9 a worker mid-drain: every job succeeds, at most its in-flight jobs run twice."""
+    """Kill -9 a worker mid-drain: every job succeeds, at most its in-flight jobs run
+    twice (the jobs it had prefetched were leased but never run: they run once)."""
     jobs = [Sleep(seconds=0.005, marker=f"d{i}").send() for i in range(JOBS)]
-    victim = start_worker("slow", "--concurrency", str(CONCURRENCY))
+    victim = start_worker("slow", "--concurrency", str(CONCURRENCY), "--prefetch", str(prefetch))
     wait_until(lambda: len(runs(shared_layer["runs"])) >= JOBS // 3, 60, "a third of the drain")
     victim.proc.kill()
     victim.wait(10)
@@ -52,7 +54,7 @@ def test_sigkill_in_a_1000_job_drain_loses_nothing(
     ran = Counter(runs(shared_layer["runs"]))
     assert set(ran) == {f"d{i}" for i in range(JOBS)}, "no job may be missing"
     extra = sum(ran.values()) - JOBS
-    report(capsys, f"{shared_layer['backend']} SIGKILL", extra)
+    report(capsys, f"{shared_layer['backend']} SIGKILL, prefetch {prefetch}", extra)
     assert extra <= CONCURRENCY, "only the jobs leased at the kill may run again"
 
 

@@ -129,6 +129,22 @@ def test_unrouted_channel_is_a_clear_error(shared_layer: Any, start_worker: Any)
     assert "no consumer is routed for channel 'nowhere'" in worker.output()
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--concurrency=0", "--concurrency must be at least 1"),
+        ("--prefetch=-1", "--prefetch must be 0 or more"),
+    ],
+)
+def test_bad_worker_options_are_clear_errors(
+    shared_layer: Any, start_worker: Any, option: str, message: str
+) -> None:
+    """runworker refuses no slots or a negative prefetch, saying which option is wrong."""
+    worker = start_worker("math", option)
+    assert worker.wait(30) != 0
+    assert message in worker.output()
+
+
 def test_deadletters_command_lists_and_requeues(shared_layer: Any, start_worker: Any) -> None:
     """`manage.py deadletters` shows a failed job's reason and can send it back."""
     from io import StringIO

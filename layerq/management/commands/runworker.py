@@ -22,6 +22,12 @@ class Command(BaseCommand):
         parser.add_argument("channels", nargs="+", help="worker channels to consume")
         parser.add_argument("--concurrency", type=int, default=8, help="jobs run at once")
         parser.add_argument(
+            "--prefetch",
+            type=int,
+            default=0,
+            help="jobs claimed ahead of free slots, leased while they wait (default 0)",
+        )
+        parser.add_argument(
             "--burst", action="store_true", help="exit when the channels have no ready jobs"
         )
         parser.add_argument(
@@ -41,6 +47,8 @@ class Command(BaseCommand):
         logs.configure(options["log_level"], json=json)
         if options["concurrency"] < 1:
             raise CommandError("--concurrency must be at least 1")
+        if options["prefetch"] < 0:
+            raise CommandError("--prefetch must be 0 or more")
         try:
             code = asyncio.run(self._run(get_default_application(), options))
         except ConfigurationError as exc:
@@ -53,6 +61,7 @@ class Command(BaseCommand):
             application,
             options["channels"],
             concurrency=options["concurrency"],
+            prefetch=options["prefetch"],
             burst=options["burst"],
             shutdown_timeout=options["shutdown_timeout"],
             layer_alias=options["layer"],
