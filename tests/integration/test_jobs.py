@@ -266,14 +266,16 @@ def test_prefetch_is_never_negative_and_is_off_in_basic_mode(settings: Any, tmp_
     assert Worker(application, ["math"], prefetch=8).prefetch == 0
 
 
-async def test_burst_worker_exits_when_the_channel_is_empty(layer: Any) -> None:
-    """runworker --burst drains the channel, including its retries, then stops."""
+@pytest.mark.parametrize("prefetch", [0, 4])
+async def test_burst_worker_exits_when_the_channel_is_empty(layer: Any, prefetch: int) -> None:
+    """runworker --burst drains the channel, including its retries, then stops
+    (with prefetch: once nothing runs and nothing waits for a slot)."""
     from layerq.runtime import Worker
     from tests.app.asgi import application
 
     done = [await Add(a=i, b=i).asend() for i in range(5)]
     flaky = await Flaky(succeed_on=2).asend()
-    worker = Worker(application, ["math"], burst=True)
+    worker = Worker(application, ["math"], burst=True, concurrency=2, prefetch=prefetch)
     assert await asyncio.wait_for(worker.run(), 10) == 0
     assert [await job.aresult(timeout=0) for job in done] == [0, 2, 4, 6, 8]
     assert await flaky.aresult(timeout=0) == 2
