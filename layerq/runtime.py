@@ -22,7 +22,7 @@ import random
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Coroutine, Sequence
+from collections.abc import Awaitable, Coroutine, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import Context
 from typing import Any
@@ -56,13 +56,14 @@ def backoff(attempt: int, settings: Settings) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-async def _within(awaitable: Awaitable[Any], timeout: float | None) -> Any:
-    """Await ``awaitable`` in the current task; TimeoutError after ``timeout`` s.
+async def _within(awaitable: Awaitable[Any], deadline: float | None) -> Any:
+    """Await ``awaitable`` in the current task; TimeoutError once the loop's clock
+    passes ``deadline`` (None: no limit).
 
-    What ``asyncio.timeout`` does, for a quarter of its cost (one timer, no
+    What ``asyncio.timeout_at`` does, for a quarter of its cost (one timer, no
     context manager): it is paid once per job.
     """
-    if timeout is None:
+    if deadline is None:
         return await awaitable
     task = asyncio.current_task()
     assert task is not None
@@ -73,8 +74,7 @@ async def _within(awaitable: Awaitable[Any], timeout: float | None) -> Any:
         expired = True
         task.cancel()
 
-    loop = asyncio.get_running_loop()
-    timer = loop.call_at(loop.time() + timeout, expire)
+    timer = asyncio.get_running_loop().call_at(deadline, expire)
     try:
         return await awaitable
     except asyncio.CancelledError:
@@ -84,6 +84,37 @@ async def _within(awaitable: Awaitable[Any], timeout: float | None) -> Any:
         raise
     finally:
         timer.cancel()
+
+
+class _Resumed:
+    """The rest of a coroutine whose first step has run (and yielded ``first``),
+    as an awaitable: awaiting it goes on where the step stopped, as ``await
+    coroutine`` would have, passing values, exceptions and cancellation through."""
+
+    __slots__ = ("_coroutine", "_first")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], first: Any) -> None:
+        self._coroutine = coroutine
+        self._first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine, step = self._coroutine, self._first
+        while True:
+            try:
+                sent = yield step
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as exc:  # cancellation included: the coroutine decides
+                try:
+                    step = coroutine.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    step = coroutine.send(sent)
+                except StopIteration as done:
+                    return done.value
 
 
 class _Rejected(Exception):
@@ -439,8 +470,18 @@ class Worker:
         is_async = self._is_async.get(function)
         if is_async is None:
             is_async = self._is_async[function] = inspect.iscoroutinefunction(handler)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         if is_async:
-            return await _within(handler(argument), timeout)
+            coroutine = handler(argument)
+            try:
+                # Its first step runs here, before any timer is set: a handler
+                # that never waits finishes in it, and no timer could have
+                # stopped that step anyway (it fires only at a wait).
+                first = coroutine.send(None)
+            except StopIteration as done:
+                return done.value
+            return await _within(_Resumed(coroutine, first), deadline)
 
         def run() -> Any:
             close_old_connections()
@@ -450,10 +491,10 @@ class Worker:
                 close_old_connections()
 
         context = contextvars.copy_context()
-        future = asyncio.get_running_loop().run_in_executor(self._threads, context.run, run)
+        future = loop.run_in_executor(self._threads, context.run, run)
         # A thread cannot be stopped: on timeout the job fails and the thread
         # finishes on its own (its late result is discarded).
-        return await _within(future, timeout)
+        return await _within(future, deadline)
 
     # --- outcomes ---------------------------------------------------------------
 

@@ -1,0 +1,105 @@
+"""How the worker calls an async handler: its first step at once, the rest under the timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from layerq.runtime import Worker
+from tests.app.asgi import application
+
+
+@pytest.fixture
+def worker(settings: Any) -> Worker:
+    """A worker (never run) whose _call is exercised directly."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    return Worker(application, ["slow"])
+
+
+async def test_a_handler_that_never_waits_gives_its_value(worker: Worker) -> None:
+    """A handler that returns without waiting gives its value, under any timeout."""
+
+    async def handler(value: int) -> int:
+        return value + 1
+
+    assert await worker._call(handler, 1, 0.000001) == 2
+    assert await worker._call(handler, 1, None) == 2
+
+
+async def test_values_and_results_pass_through_the_waits(worker: Worker) -> None:
+    """What a handler awaits after its first step reaches it, and its result comes back."""
+    loop = asyncio.get_running_loop()
+
+    async def handler(value: int) -> list[Any]:
+        first = loop.create_future()
+        loop.call_later(0.01, first.set_result, "a")
+        await asyncio.sleep(0)  # a bare yield: the task steps it again at once
+        second = loop.create_future()
+        loop.call_later(0.01, second.set_result, "b")
+        return [value, await first, await second]
+
+    assert await worker._call(handler, 7, 5.0) == [7, "a", "b"]
+
+
+async def test_an_error_after_a_wait_is_the_handlers(worker: Worker) -> None:
+    """An exception raised after the first step comes out of the call as raised."""
+
+    async def handler(_: Any) -> None:
+        await asyncio.sleep(0.01)
+        raise ValueError("after a wait")
+
+    with pytest.raises(ValueError, match="after a wait"):
+        await worker._call(handler, None, 5.0)
+
+
+async def test_the_timeout_counts_from_before_the_first_step(worker: Worker) -> None:
+    """A first step that blocks 0.3 s, then a 0.3 s wait: past a 0.4 s timeout."""
+
+    async def handler(_: Any) -> str:
+        time.sleep(0.3)  # noqa: ASYNC251 - a blocking step, which nothing can interrupt
+        await asyncio.sleep(0.3)
+        return "too late"
+
+    began = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await worker._call(handler, None, 0.4)
+    assert time.monotonic() - began < 0.55
+
+
+async def test_a_wait_past_the_timeout_is_cut_short(worker: Worker) -> None:
+    """A handler waiting past its timeout is stopped at the timeout, with TimeoutError."""
+
+    async def handler(_: Any) -> None:
+        await asyncio.sleep(5)
+
+    began = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await worker._call(handler, None, 0.1)
+    assert time.monotonic() - began < 1.0
+
+
+async def test_cancelling_the_job_cancels_the_handler_where_it_waits(worker: Worker) -> None:
+    """A job task cancelled (shutdown) while its handler waits: the handler sees the
+    cancellation where it waits, may clean up, and the task ends cancelled."""
+    seen: list[str] = []
+    waiting = asyncio.Event()
+
+    async def handler(_: Any) -> None:
+        try:
+            waiting.set()
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            await asyncio.sleep(0.01)  # clean-up that waits still runs
+            seen.append("cleaned up")
+            raise
+
+    task = asyncio.ensure_future(worker._call(handler, None, 5.0))
+    await waiting.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen == ["cancelled", "cleaned up"]
