@@ -17,10 +17,10 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
-import inspect
 import random
 import sys
 import time
+import types
 from collections import deque
 from collections.abc import Awaitable, Coroutine, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +28,7 @@ from contextvars import Context
 from typing import Any
 
 import structlog
+from asgiref.sync import iscoroutinefunction
 from django.db import close_old_connections
 
 from . import clock, signing
@@ -469,11 +470,17 @@ class Worker:
         function = getattr(handler, "__func__", handler)
         is_async = self._is_async.get(function)
         if is_async is None:
-            is_async = self._is_async[function] = inspect.iscoroutinefunction(handler)
+            # asgiref's test: it also knows functions marked as coroutine functions
+            # (markcoroutinefunction, sync_to_async) on Python 3.11.
+            is_async = self._is_async[function] = iscoroutinefunction(handler)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         if is_async:
             coroutine = handler(argument)
+            if type(coroutine) is not types.CoroutineType:
+                # A function marked as a coroutine function that returns another
+                # awaitable (markcoroutinefunction): awaited as it is.
+                return await _within(coroutine, deadline)
             try:
                 # Its first step runs here, before any timer is set: a handler
                 # that never waits finishes in it, and no timer could have

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+from asgiref.sync import markcoroutinefunction, sync_to_async
 
 from layerq.runtime import Worker
 from tests.app.asgi import application
@@ -103,3 +104,27 @@ async def test_cancelling_the_job_cancels_the_handler_where_it_waits(worker: Wor
     with pytest.raises(asyncio.CancelledError):
         await task
     assert seen == ["cancelled", "cleaned up"]
+
+
+async def test_a_marked_coroutine_function_returning_a_future_is_awaited(worker: Worker) -> None:
+    """A handler marked as a coroutine function that returns a future (not a
+    coroutine) is awaited as it is, under its timeout."""
+    loop = asyncio.get_running_loop()
+
+    def handler(value: int) -> asyncio.Future[int]:
+        future = loop.create_future()
+        loop.call_later(0.01, future.set_result, value * 2)
+        return future
+
+    markcoroutinefunction(handler)
+    assert await worker._call(handler, 21, 5.0) == 42
+
+
+async def test_a_sync_to_async_handler_runs_as_an_async_one(worker: Worker) -> None:
+    """A handler wrapped in sync_to_async is awaited (not run in a worker thread,
+    where calling it would only make a coroutine)."""
+
+    def double(value: int) -> int:
+        return value * 2
+
+    assert await worker._call(sync_to_async(double), 21, 5.0) == 42
