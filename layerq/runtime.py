@@ -134,7 +134,7 @@ if sys.version_info >= (3, 12):
     def _job_task(coroutine: Coroutine[Any, Any, None], context: Context) -> asyncio.Task[None]:
         """A job's task, its first step run at once: up to the handler's first wait,
         without a loop turn in between (the worker starts jobs as their claim's
-        reply is read, see Worker._start_early)."""
+        reply is read, see Worker._take_early)."""
         loop = asyncio.get_running_loop()
         return asyncio.Task(coroutine, loop=loop, context=context, eager_start=True)
 
@@ -181,7 +181,7 @@ class Worker:
         self._waiting: deque[Delivery] = deque()
         self._refill_scheduled = False
         #: deliveries the claim in progress took as they arrived (id() of each)
-        self._started_early: set[int] = set()
+        self._taken_early: set[int] = set()
         self._context = contextvars.copy_context()
         #: deliveries holding a slot: running, or settling where a settle does
         #: not precede the next claim (see QueueLayer.settles_precede_claims)
@@ -254,12 +254,12 @@ class Worker:
                 # what it started, but not jobs delayed by their producers.
                 wait = max(0.0, min(CLAIM_WAIT, self._retry_due - time.monotonic()))
             # Fresh for each claim: ids of a claim that raised must not linger (an
-            # id() may be reused by a later delivery, which would then not start).
-            self._started_early = set()
+            # id() may be reused by a later delivery, which would then not be taken).
+            self._taken_early = set()
             deliveries = await self.source.claim(
-                self.channels, room, self.settings.lease, wait, self._start_early
+                self.channels, room, self.settings.lease, wait, self._take_early
             )
-            early = self._started_early
+            early = self._taken_early
             if self._stopping:
                 # Those started already run on: the drain below waits for them.
                 await self.source.release([d for d in deliveries if id(d) not in early])
@@ -281,18 +281,17 @@ class Worker:
 
     def _start(self, delivery: Delivery) -> None:
         # Each job's task gets its own copy of the worker's context (whether it is
-        # started here or in a connection's read, see _start_early).
+        # started here or in a connection's read, see _take_early).
         # Registered first: an eager task may settle, or even end, in its creation.
         running = self._running[delivery.id] = _Running(delivery)
         self._slots.add(delivery.id)
         running.task = _job_task(self._handle(delivery), self._context.copy())
 
     def _take(self, delivery: Delivery) -> None:
-        """Start a claimed delivery, or keep it (leased) until a slot frees."""
-        if not self._waiting and len(self._slots) < self.concurrency:
-            self._start(delivery)
-        else:
-            self._waiting.append(delivery)
+        """Start a claimed delivery now if a slot is free, else keep it (leased)
+        until one frees: behind those already waiting, in claim order."""
+        self._waiting.append(delivery)
+        self._start_waiting()
 
     def _start_waiting(self) -> None:
         """Start prefetched deliveries in the free slots, oldest first."""
@@ -300,15 +299,15 @@ class Worker:
         while self._waiting and len(self._slots) < self.concurrency and not self._stopping:
             self._start(self._waiting.popleft())
 
-    def _start_early(self, deliveries: list[Delivery]) -> None:
+    def _take_early(self, deliveries: list[Delivery]) -> None:
         """Take jobs the moment their claim's reply is read (see QueueLayer.claim):
         their handlers run a loop turn sooner than the claim could return them.
         Once stopping, none is taken: the claim returns them, to be released."""
         if self._stopping:
             return
         for delivery in deliveries:
-            if id(delivery) not in self._started_early:
-                self._started_early.add(id(delivery))
+            if id(delivery) not in self._taken_early:
+                self._taken_early.add(id(delivery))
                 self._take(delivery)
 
     def _free_slot(self, delivery: Delivery) -> None:

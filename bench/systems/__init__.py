@@ -27,8 +27,10 @@ class System:
 
     def unavailable(self) -> str | None:
         """Why this system cannot run here, or None."""
-        redis = importlib.util.find_spec("layerq.layers.redis")
-        if self.key.startswith("layerq-redis") and redis is None:
+        if (
+            self.key.startswith("layerq-redis")
+            and importlib.util.find_spec("layerq.layers.redis") is None
+        ):
             return "layerq.layers.redis does not exist yet"
         return None
 
