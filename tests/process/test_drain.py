@@ -40,8 +40,10 @@ def report(capsys: pytest.CaptureFixture[str], what: str, extra_runs: int) -> No
 def test_sigkill_in_a_1000_job_drain_loses_nothing(
     shared_layer: Any, start_worker: Any, capsys: pytest.CaptureFixture[str], prefetch: int
 ) -> None:
-    """Kill -9 a worker mid-drain: every job succeeds, at most its in-flight jobs run
-    twice (the jobs it had prefetched were leased but never run: they run once)."""
+    """Kill -9 a worker mid-drain: every job succeeds, and only the jobs leased at the
+    kill may run twice: at most concurrency + prefetch of them (a prefetched job may
+    have started, and even finished, since the slot before it freed while that
+    slot's ack was still on its way)."""
     jobs = [Sleep(seconds=0.005, marker=f"d{i}").send() for i in range(JOBS)]
     victim = start_worker("slow", "--concurrency", str(CONCURRENCY), "--prefetch", str(prefetch))
     wait_until(lambda: len(runs(shared_layer["runs"])) >= JOBS // 3, 60, "a third of the drain")
@@ -55,7 +57,7 @@ def test_sigkill_in_a_1000_job_drain_loses_nothing(
     assert set(ran) == {f"d{i}" for i in range(JOBS)}, "no job may be missing"
     extra = sum(ran.values()) - JOBS
     report(capsys, f"{shared_layer['backend']} SIGKILL, prefetch {prefetch}", extra)
-    assert extra <= CONCURRENCY, "only the jobs leased at the kill may run again"
+    assert extra <= CONCURRENCY + prefetch, "only the jobs leased at the kill may run again"
 
 
 @pytest.fixture
