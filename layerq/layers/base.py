@@ -48,9 +48,6 @@ class Delivery:
     token: str  #: identifies this lease; a stale token's ack or retry does nothing
     reclaimed: bool = False  #: an earlier lease expired without an outcome
     job_id: str | None = None  #: from the envelope, when the message had one
-    #: the job record's unchanging field/value pairs as the layer stored them, where
-    #: a layer needs them when the job ends (a handler may change ``message``)
-    record: tuple[str, ...] = ()
 
 
 #: called with deliveries as they arrive (see QueueLayer.claim)

@@ -537,10 +537,7 @@ class RedisChannelLayer(RedisBase):
             return False
         pipe = self._pipe(self._host(channel))
         with transport_errors("cancel"):
-            (payload,) = await pipe.call([self._payload_call(channel, job_id)])
-            if payload is None:
-                return False  # not stored: ended, or never sent
-            script, expire = self._cancel_calls(channel, job_id, payload)
+            script, expire = self._cancel_calls(channel, job_id)
             (cancelled,) = await pipe.call([script])
             if cancelled:
                 await pipe.call([expire])
@@ -553,10 +550,7 @@ class RedisChannelLayer(RedisBase):
             return False
         pipe = self._sync(self._host(channel))
         with transport_errors("cancel"):
-            (payload,) = pipe.call([self._payload_call(channel, job_id)])
-            if payload is None:
-                return False
-            script, expire = self._cancel_calls(channel, job_id, payload)
+            script, expire = self._cancel_calls(channel, job_id)
             (cancelled,) = pipe.call([script])
             if cancelled:
                 pipe.call([expire])

@@ -217,6 +217,49 @@ async def test_a_record_keeps_what_its_send_wrote_in_every_state(layer: Any) -> 
     await check(cancelled, JobStatus.CANCELLED)
 
 
+#: a message holding every msgpack form a Channels message can (bytes are msgpack's
+#: bin type, which Redis's Lua cmsgpack cannot read), all before the envelope
+EVERY_FORM: dict[str, Any] = {
+    "bin": [b"", b"\x00\xff", bytes(300), bytes(70_000)],
+    "str": ["", "é" * 20, "x" * 40, "y" * 300, "z" * 70_000],
+    "uints": [0, 127, 128, 255, 256, 65_535, 65_536, 2**32, 2**64 - 1],
+    "ints": [-1, -32, -33, -128, -129, -32_768, -32_769, -(2**31), -(2**31) - 1, -(2**63)],
+    "floats": [0.5, -1.25, 1e300, 5e-324],
+    "constants": [True, False, None],
+    "array16": list(range(20)),
+    "array32": [0] * 70_000,
+    "map16": {f"k{index}": index for index in range(20)},
+    "nested": {"a": [{"b": [1, {"c": b"d"}]}], "layerq": {"id": "not the envelope"}},
+    "lookalike": {"type": "not the type", "__asgi_channel__": "not the channel"},
+}
+
+
+@pytest.mark.parametrize("end", ["ack", "dead_letter", "cancel"])
+@pytest.mark.parametrize("attempts", [3, 70_000, -300])  # three msgpack integer forms
+async def test_an_ended_record_keeps_its_fields_whatever_the_message_holds(
+    layer: Any, end: str, attempts: int
+) -> None:
+    """The fields a record reads from its message while the job waits are the ones
+    it keeps once the job ends (the Redis scripts read them from the payload)."""
+    job_id = await enqueue(layer, max_attempts=attempts, **EVERY_FORM)
+    waiting = await layer.get_record(job_id)
+    fixed = (waiting.id, waiting.type, waiting.channel, waiting.max_attempts)
+    assert fixed == (job_id, "q.work", "q", attempts)
+    if end == "cancel":
+        assert await layer.cancel(job_id)
+    else:
+        [delivery] = await layer.claim(["q"], 1, 30, 1)
+        assert delivery.message["bin"][3] == bytes(70_000)
+        if end == "ack":
+            assert await layer.ack(delivery, None, 60)
+        else:
+            assert await layer.dead_letter(delivery, "gave up", "KeyError", "k", 60)
+    ended = await layer.get_record(job_id)
+    assert ended.status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+    assert (ended.id, ended.type, ended.channel, ended.max_attempts) == fixed
+    assert ended.enqueued_at == waiting.enqueued_at
+
+
 async def test_finished_records_expire_after_their_ttl(layer: Any) -> None:
     """A succeeded record is gone once result_ttl has passed."""
     job_id = await enqueue(layer)
