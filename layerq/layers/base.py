@@ -48,6 +48,9 @@ class Delivery:
     token: str  #: identifies this lease; a stale token's ack or retry does nothing
     reclaimed: bool = False  #: an earlier lease expired without an outcome
     job_id: str | None = None  #: from the envelope, when the message had one
+    #: the job record's unchanging fields, encoded as the layer needs them when the
+    #: job ends (taken at claim: a handler may change ``message``); b"" if none
+    record: bytes = b""
 
 
 #: called with deliveries as they arrive (see QueueLayer.claim)

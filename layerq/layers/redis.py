@@ -537,7 +537,10 @@ class RedisChannelLayer(RedisBase):
             return False
         pipe = self._pipe(self._host(channel))
         with transport_errors("cancel"):
-            script, expire = self._cancel_calls(channel, job_id)
+            (payload,) = await pipe.call([self._payload_call(channel, job_id)])
+            if payload is None:
+                return False  # not stored: ended, or never sent
+            script, expire = self._cancel_calls(channel, job_id, payload)
             (cancelled,) = await pipe.call([script])
             if cancelled:
                 await pipe.call([expire])
@@ -550,7 +553,10 @@ class RedisChannelLayer(RedisBase):
             return False
         pipe = self._sync(self._host(channel))
         with transport_errors("cancel"):
-            script, expire = self._cancel_calls(channel, job_id)
+            (payload,) = pipe.call([self._payload_call(channel, job_id)])
+            if payload is None:
+                return False
+            script, expire = self._cancel_calls(channel, job_id, payload)
             (cancelled,) = pipe.call([script])
             if cancelled:
                 pipe.call([expire])

@@ -171,11 +171,10 @@ class RedisBase(QueueLayer):
         sets it again.)
         """
         ttl_ms = codec.milliseconds(ttl)
-        # The script reads the record's fixed fields from the payload it deletes;
-        # the channel is for its channel field (see redis_record.lua).
-        group = self._settle_group(delivery, op, ttl_ms, *extra, delivery.channel)
+        group = self._settle_group(delivery, op, ttl_ms, *extra)
         if delivery.job_id is None:
             return group, []
+        group.append(delivery.record)
         return group, [("PEXPIRE", keys.locator_key(self.prefix, delivery.job_id), ttl_ms)]
 
     # --- connections and records ----------------------------------------------
@@ -229,10 +228,16 @@ class RedisBase(QueueLayer):
             keys.messages_key(self.prefix, channel),
         )
 
-    def _cancel_calls(self, channel: str, job_id: str) -> tuple[Call, Call]:
-        """The cancel script, and the locator's expiry to run once it cancelled."""
+    def _payload_call(self, channel: str, job_id: str) -> Call:
+        """Read the stored message of ``job_id``: its record's fixed fields, for a cancel."""
+        return ("HGET", keys.messages_key(self.prefix, channel), job_id)
+
+    def _cancel_calls(self, channel: str, job_id: str, payload: bytes) -> tuple[Call, Call]:
+        """The cancel script for the job stored as ``payload``, and the locator's
+        expiry to run once it cancelled."""
         ttl = codec.milliseconds(get_settings().result_ttl)
-        args = [job_id, codec.number(clock.now()), ttl, channel]
+        fixed = codec.packed_record_pairs(payload, channel)
+        args = [job_id, codec.number(clock.now()), ttl, fixed]
         base = keys.channel_base(self.prefix, channel)
         return (
             ("EVALSHA", self._scripts["cancel"], [base], args),

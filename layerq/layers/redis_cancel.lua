@@ -8,18 +8,16 @@
 -- ARGV[1]  job id (= message id)
 -- ARGV[2]  now (epoch seconds)
 -- ARGV[3]  record ttl (ms)
--- ARGV[4]  channel (where the message is stored)
--- While a job waits its record is read from its payload (redis_enqueue.lua),
--- which goes now: the record gets the fixed fields read from it (redis_record.lua).
+-- ARGV[4]  the record's fixed field/value pairs (id, type, channel, enqueued_at,
+--          max_attempts) as one msgpack array, read by the layer from the stored
+--          message (cmsgpack cannot read one that holds bytes): while a job
+--          waits its record is read from its payload (redis_enqueue.lua), which
+--          goes now
 -- Returns 1 cancelled, 0 not waiting (running, finished or unknown).
 local base = KEYS[1]
 local id = ARGV[1]
 local msg = base .. ':msg'
-
--- @include record
-
-local payload = redis.call('HGET', msg, id)
-if not payload or redis.call('ZSCORE', base .. ':lease', id) then
+if redis.call('HEXISTS', msg, id) == 0 or redis.call('ZSCORE', base .. ':lease', id) then
   return 0
 end
 -- LREM is O(n) in the backlog; cancelling is rare and must not leave the id
@@ -34,7 +32,7 @@ redis.call('SREM', base .. ':recl', id)
 local record = base .. ':job:' .. id
 if string.byte(id, 1) ~= 46 then
   redis.call('HSET', record, 'status', 'cancelled', 'finished_at', ARGV[2],
-    'expires_at', ARGV[2] + ARGV[3] / 1000, unpack(fixed_fields(payload, ARGV[4])))
+    'expires_at', ARGV[2] + ARGV[3] / 1000, unpack(cmsgpack.unpack(ARGV[4])))
   redis.call('PEXPIRE', record, ARGV[3])
   if redis.call('HDEL', record, 'watch') == 1 then
     local done = base .. ':done:' .. id

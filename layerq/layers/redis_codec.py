@@ -93,9 +93,9 @@ def fixed_record_pairs(message: Mapping[str, Any], channel: str) -> list[str]:
 
     While a job is stored, these are read from its payload (see
     :func:`decode_record`); once it ends its payload is gone, so the settle
-    or cancel that ends it writes them into the record, read from the payload
-    by redis_record.lua, this function's Lua twin. ``channel`` is where the
-    message is stored; a message for a process-local channel names its own.
+    or cancel that ends it writes them into the record. ``channel`` is where
+    the message is stored; a message for a process-local channel names its
+    own.
     """
     job_id = job_id_of(message)
     if job_id is None:
@@ -113,6 +113,11 @@ def fixed_record_pairs(message: Mapping[str, Any], channel: str) -> list[str]:
     if isinstance(attempts, int) and not isinstance(attempts, bool):
         pairs += ["max_attempts", str(attempts)]
     return pairs
+
+
+def packed_record_pairs(payload: bytes, channel: str) -> bytes:
+    """:func:`payload_record_pairs` as one msgpack array, as the scripts take them."""
+    return _encoder.encode(payload_record_pairs(payload, channel))
 
 
 def payload_record_pairs(payload: bytes | None, channel: str) -> list[str]:
@@ -171,6 +176,9 @@ def delivery(channel: str, row: list[Any]) -> Delivery:
         message = decode_message(payload)
     except ValueError:
         message = {}  # undecodable: the worker dead-letters it; the bytes stay stored
+    # Taken now, before a handler could change the message it is given; one
+    # msgpack argument of the settle that ends the job, not ten.
+    record = _encoder.encode(fixed_record_pairs(message, channel))
     target = message.pop(LOCAL_CHANNEL_KEY, channel)
     return Delivery(
         id=text(raw_id),
@@ -180,6 +188,7 @@ def delivery(channel: str, row: list[Any]) -> Delivery:
         token=str(token),
         reclaimed=bool(reclaimed),
         job_id=job_id_of(message),
+        record=record,
     )
 
 

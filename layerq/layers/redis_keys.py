@@ -57,22 +57,11 @@ class Script:
     sha: str
 
 
-#: a script line that is replaced by the Lua file it names (redis_<name>.lua)
-INCLUDE = "-- @include "
-
-
-def _lua(name: str) -> str:
-    return Path(__file__).with_name(f"redis_{name}.lua").read_text(encoding="utf-8")
-
-
 def load_scripts() -> dict[str, Script]:
-    """Read the ``redis_*.lua`` files next to this module, includes put in."""
+    """Read the ``redis_*.lua`` files next to this module."""
     scripts = {}
     for name in SCRIPT_NAMES:
-        source = "".join(
-            _lua(line.removeprefix(INCLUDE).strip()) if line.startswith(INCLUDE) else line
-            for line in _lua(name).splitlines(keepends=True)
-        )
+        source = Path(__file__).with_name(f"redis_{name}.lua").read_text(encoding="utf-8")
         sha = hashlib.sha1(source.encode()).hexdigest()
         scripts[name] = Script(name, source, sha)
     return scripts

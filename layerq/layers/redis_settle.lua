@@ -17,25 +17,24 @@
 -- 2  message id
 -- 3  lease token (the delivery count handed out by claim)
 -- 4  now (epoch seconds)
--- ack:     5 record ttl (ms), 6 result (msgpack), 7 channel
+-- ack:     5 record ttl (ms), 6 result (msgpack), 7 the record's fixed fields
 -- retry:   5 due (epoch seconds), 6 error type, 7 error message
 -- release: nothing more
 -- dead:    5 record ttl (ms), 6 error type, 7 error message,
---          8 dead-letter info (msgpack), 9 channel
+--          8 dead-letter info (msgpack), 9 the record's fixed fields
 -- extend:  5 new lease deadline
--- Until a job ends its record hash holds only what changed; the fixed fields (id,
--- type, channel, enqueued_at, max_attempts) are read from its payload (see
--- redis_enqueue.lua). An ended job's payload is gone, so ack and dead write them
--- into the record from the payload they delete (``channel``: where the message
--- is stored, for the record's channel field; see redis_record.lua).
+-- The fixed fields (id, type, channel, enqueued_at, max_attempts) come from the
+-- job's envelope, as one msgpack array of field/value pairs (one argument, not
+-- ten: the worker pays for each): until a job ends its record hash holds only
+-- what changed, the rest is read from the payload (see redis_enqueue.lua); an
+-- ended job's payload is gone, so its record gets them all. (The worker reads
+-- them from the payload: Redis's cmsgpack cannot read one that holds bytes.)
 -- A message is a job when its id does not start with '.' (plain messages' ids do).
 -- Returns one item a group: 1 done, 0 stale token (the lease expired and the
 -- message moved on).
 local base = KEYS[1]
 local lease = base .. ':lease'
 local att = base .. ':att'
-
--- @include record
 
 -- A message back on the ready list (``length`` after the push; nil for a
 -- delayed one): wake a receiver if the list was empty, as redis_enqueue.lua does.
@@ -79,14 +78,12 @@ local function settle(A)
   -- it back only once the lease has expired, when the ZSCORE above fails.)
 
   if op == 'ack' then
-    local msg = base .. ':msg'
-    local fixed = is_job and fixed_fields(redis.call('HGET', msg, id), A[7]) or {}
-    redis.call('HDEL', msg, id)
+    redis.call('HDEL', base .. ':msg', id)
     redis.call('HDEL', att, id)
     redis.call('HDEL', base .. ':rel', id)
     if is_job then
       redis.call('HSET', record, 'status', 'succeeded', 'finished_at', A[4], 'result', A[6],
-        'progress', '1.0', 'expires_at', A[4] + A[5] / 1000, unpack(fixed))
+        'progress', '1.0', 'expires_at', A[4] + A[5] / 1000, unpack(cmsgpack.unpack(A[7])))
       if A[3] ~= '1' then
         -- An earlier delivery may have left its error (tokens never repeat,
         -- and requeued dead letters start without one).
@@ -126,7 +123,7 @@ local function settle(A)
     if is_job then
       redis.call('HSET', record, 'status', 'failed', 'finished_at', A[4],
         'error_type', A[6], 'error_message', A[7], 'expires_at', A[4] + A[5] / 1000,
-        unpack(fixed_fields(payload, A[9])))
+        unpack(cmsgpack.unpack(A[9])))
       redis.call('PEXPIRE', record, A[5])
       done(record, id)
     end
