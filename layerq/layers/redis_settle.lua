@@ -35,6 +35,20 @@
 local base = KEYS[1]
 local lease = base .. ':lease'
 local att = base .. ':att'
+local rel = base .. ':rel'
+
+-- Whether any message of the channel was released (has a count in ":rel"):
+-- looked up once a call, not an HDEL for every message that ends (most calls
+-- end a batch of acks, and releases are rare).
+local released_any = nil
+local function forget_releases(id)
+  if released_any == nil then
+    released_any = redis.call('EXISTS', rel) == 1
+  end
+  if released_any then
+    redis.call('HDEL', rel, id)
+  end
+end
 
 -- A message back on the ready list (``length`` after the push; nil for a
 -- delayed one): wake a receiver if the list was empty, as redis_enqueue.lua does.
@@ -80,7 +94,7 @@ local function settle(A)
   if op == 'ack' then
     redis.call('HDEL', base .. ':msg', id)
     redis.call('HDEL', att, id)
-    redis.call('HDEL', base .. ':rel', id)
+    forget_releases(id)
     if is_job then
       redis.call('HSET', record, 'status', 'succeeded', 'finished_at', A[4], 'result', A[6],
         'progress', '1.0', 'expires_at', A[4] + A[5] / 1000, unpack(cmsgpack.unpack(A[7])))
@@ -104,7 +118,9 @@ local function settle(A)
     end
   elseif op == 'release' then
     -- Back to the head, and the delivery is not counted as an attempt.
-    local released = redis.call('HINCRBY', base .. ':rel', id, 1)
+    -- (No need to note it in released_any: a group after this one for the same
+    -- id holds a lease it no longer has, so it never gets to forget_releases.)
+    local released = redis.call('HINCRBY', rel, id, 1)
     wake(redis.call('LPUSH', base .. ':ready', id))
     if is_job then
       local attempt = tonumber(A[3]) - released
@@ -119,7 +135,7 @@ local function settle(A)
       redis.call('ZADD', base .. ':deadq', A[4], id)
     end
     redis.call('HDEL', msg, id)
-    redis.call('HDEL', base .. ':rel', id)
+    forget_releases(id)
     if is_job then
       redis.call('HSET', record, 'status', 'failed', 'finished_at', A[4],
         'error_type', A[6], 'error_message', A[7], 'expires_at', A[4] + A[5] / 1000,
