@@ -186,6 +186,8 @@ class Worker:
         #: claimed (leased) deliveries waiting for a slot: the prefetch
         self._waiting: deque[Delivery] = deque()
         self._refill_scheduled = False
+        #: prefetched jobs' records being marked running (kept referenced)
+        self._marking: set[asyncio.Task[None]] = set()
         #: deliveries the claim in progress took as they arrived (id() of each)
         self._taken_early: set[int] = set()
         self._context = contextvars.copy_context()
@@ -267,8 +269,11 @@ class Worker:
             # Fresh for each claim: ids of a claim that raised must not linger (an
             # id() may be reused by a later delivery, which would then not be taken).
             self._taken_early = set()
+            # The jobs that take the free slots have their records marked running
+            # by the claim; prefetched ones are marked as they start (see _start).
+            free = max(0, self.concurrency - len(self._slots))
             deliveries = await self.source.claim(
-                self.channels, room, self.settings.lease, wait, self._take_early
+                self.channels, room, self.settings.lease, wait, self._take_early, free
             )
             early = self._taken_early
             if self._stopping:
@@ -296,7 +301,24 @@ class Worker:
         # Registered first: an eager task may settle, or even end, in its creation.
         running = self._running[delivery.id] = _Running(delivery)
         self._slots.add(delivery.id)
+        if not delivery.marked_running:
+            self._mark_running(delivery)
         running.task = _job_task(self._handle(delivery), self._context.copy())
+
+    def _mark_running(self, delivery: Delivery) -> None:
+        """Have a prefetched job's record say it runs, as its claim left it as it
+        was (queued, or retrying). Not awaited: the job starts now. Its settle
+        comes after on the same connection (an outcome first makes this a no-op)."""
+
+        async def mark() -> None:
+            try:
+                await self.source.start(delivery)
+            except Exception as exc:  # the outcome's record update still comes
+                self._log.warning("job.mark_running_failed", error=repr(exc))
+
+        task = asyncio.ensure_future(mark())
+        self._marking.add(task)
+        task.add_done_callback(self._marking.discard)
 
     def _take(self, delivery: Delivery) -> None:
         """Start a claimed delivery now if a slot is free, else keep it (leased)

@@ -38,8 +38,12 @@ class QueueSource:
         lease: float,
         wait: float,
         started: Started | None = None,
+        running: int | None = None,
     ) -> list[Delivery]:
-        return await self.layer.claim(channels, limit, lease, wait, started)
+        return await self.layer.claim(channels, limit, lease, wait, started, running)
+
+    async def start(self, delivery: Delivery) -> bool:
+        return await self.layer.start(delivery)
 
     async def extend(self, deliveries: Sequence[Delivery], lease: float) -> None:
         await self.layer.extend(deliveries, lease)
@@ -82,8 +86,10 @@ class BasicSource:
         lease: float,
         wait: float,
         started: Started | None = None,
+        running: int | None = None,
     ) -> list[Delivery]:
-        """Receive from ``channels``; ``started`` is not used (they come one by one)."""
+        """Receive from ``channels``; ``started`` and ``running`` are not used (they
+        come one by one, and there are no records)."""
         for channel in channels:
             if channel not in self._receives:
                 self._receives[channel] = asyncio.create_task(self.layer.receive(channel))
@@ -123,6 +129,10 @@ class BasicSource:
 
     async def set_progress(self, job_id: str, fraction: float, message: str | None) -> None:
         pass
+
+    async def start(self, delivery: Delivery) -> bool:
+        """Nothing to mark: basic mode keeps no records (and claims none ahead)."""
+        return True
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         # Unstarted messages go back on their channel instead of dying with us.

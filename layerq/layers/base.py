@@ -48,6 +48,9 @@ class Delivery:
     token: str  #: identifies this lease; a stale token's ack or retry does nothing
     reclaimed: bool = False  #: an earlier lease expired without an outcome
     job_id: str | None = None  #: from the envelope, when the message had one
+    #: False when the claim left the job's record as it was (see QueueLayer.claim):
+    #: :meth:`QueueLayer.start` marks it running once the job does start
+    marked_running: bool = True
     #: the job record's unchanging fields, encoded as the layer needs them when the
     #: job ends (taken at claim: a handler may change ``message``); b"" if none
     record: bytes = b""
@@ -154,16 +157,26 @@ class QueueLayer(BaseChannelLayer, abc.ABC):  # type: ignore[misc]
         lease: float,
         wait: float,
         started: Started | None = None,
+        running: int | None = None,
     ) -> list[Delivery]:
         """Lease up to ``limit`` ready messages, waiting up to ``wait`` s for the first.
 
-        Marks each job's record running with the new attempt number. A message
-        whose lease expired is ready again (``reclaimed=True`` when claimed).
+        Marks each job's record running with the new attempt number; with
+        ``running``, only the first ``running`` deliveries' (those that start
+        now): the others (a worker's prefetch) are leased with their records as
+        they were and ``marked_running=False``, until :meth:`start`. A message whose
+        lease expired is ready again (``reclaimed=True`` when claimed).
         ``started``, when given, may be called with deliveries the moment they
         arrive, before this returns (a worker starts their handlers a loop turn
         sooner); they are returned as well, and are not released should this
         call be cancelled after.
         """
+
+    @abc.abstractmethod
+    async def start(self, delivery: Delivery) -> bool:
+        """Mark the record of a delivery claimed with ``marked_running=False``
+        running, as the claim would have (attempt, start time). False (and
+        nothing changed) when the lease was lost, or the delivery ended."""
 
     @abc.abstractmethod
     async def extend(self, deliveries: Sequence[Delivery], lease: float) -> None:

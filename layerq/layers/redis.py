@@ -280,11 +280,12 @@ class RedisChannelLayer(RedisBase):
         lease: float,
         wait: float,
         started: Started | None = None,
+        running: int | None = None,
     ) -> list[Delivery]:
         """Lease up to ``limit`` messages; wait up to ``wait`` s for the first.
 
         During an outage it retries until ``wait`` has passed, then raises
-        TransportError. ``started``: see QueueLayer.claim.
+        TransportError. ``started``, ``running``: see QueueLayer.claim.
         """
         names = list(channels)
         for name in names:
@@ -300,7 +301,7 @@ class RedisChannelLayer(RedisBase):
                 blocked, block = block, 0.0
                 asked = room if blocked else limit
                 deliveries, next_due = await self._claim_once(
-                    state, names, asked, lease, blocked, started
+                    state, names, asked, lease, blocked, started, running
                 )
                 if not blocked:
                     room = limit  # that take went behind every settle on its connection
@@ -351,6 +352,7 @@ class RedisChannelLayer(RedisBase):
         lease: float,
         block: float,
         started: Started | None = None,
+        running: int | None = None,
     ) -> tuple[list[Delivery], float | None]:
         # Rotating the starting channel keeps one busy channel from starving the rest.
         state.rotation += 1
@@ -361,6 +363,8 @@ class RedisChannelLayer(RedisBase):
             if len(deliveries) >= limit:
                 break
             index, base = self._base(name)
+            # Of this channel's jobs, how many start now (see QueueLayer.claim).
+            marked = None if running is None else max(0, running - len(deliveries))
 
             def orphan(rows: list[waits.Row], name: str = name) -> None:
                 state.spawn(self.release(self._deliveries(name, rows)))
@@ -370,9 +374,12 @@ class RedisChannelLayer(RedisBase):
             if started is not None:
 
                 def early(
-                    rows: list[waits.Row], name: str = name, handed: list[Delivery] = handed
+                    rows: list[waits.Row],
+                    name: str = name,
+                    handed: list[Delivery] = handed,
+                    marked: int | None = marked,
                 ) -> None:
-                    handed.extend(self._deliveries(name, rows))
+                    handed.extend(self._deliveries(name, rows, marked))
                     started(handed)
 
             with transport_errors("claim"):
@@ -386,22 +393,29 @@ class RedisChannelLayer(RedisBase):
                     pool=state.pools[index] if block > 0 else None,
                     block=block,
                     early=early,
+                    running=marked,
                 )
             if len(rows) < limit - len(deliveries):
                 state.drained.add(name)  # the take emptied the ready list
             else:
                 state.drained.discard(name)
             state.next_due[name] = due
-            deliveries += handed or self._deliveries(name, rows)
+            deliveries += handed or self._deliveries(name, rows, marked)
             if due is not None and (next_due is None or due < next_due):
                 next_due = due
         return deliveries, next_due
 
-    def _deliveries(self, channel: str, rows: list[waits.Row]) -> list[Delivery]:
+    def _deliveries(
+        self, channel: str, rows: list[waits.Row], marked: int | None = None
+    ) -> list[Delivery]:
+        """Deliveries of a take's ``rows``; past the first ``marked``, their records
+        were left as they were (see QueueLayer.claim)."""
         out = [codec.delivery(channel, row) for row in rows]
-        for item in out:
+        for index, item in enumerate(out):
             if item.job_id is not None:
                 self._remember(item.job_id, channel)
+            if marked is not None and index >= marked:
+                item.marked_running = False
         return out
 
     async def _settle(
@@ -443,6 +457,11 @@ class RedisChannelLayer(RedisBase):
                 for d in deliveries
             )
         )
+
+    async def start(self, delivery: Delivery) -> bool:
+        """Mark a prefetched delivery's record running (see QueueLayer.start)."""
+        group = self._settle_group(delivery, "start", delivery.attempt)
+        return await self._settle(delivery, "start", group)
 
     async def ack(self, delivery: Delivery, result: Any, ttl: float) -> bool:
         """Remove the message; record succeeded with ``result`` for ``ttl`` s."""

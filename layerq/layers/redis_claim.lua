@@ -10,12 +10,16 @@
 -- ARGV[1]  now (epoch seconds)
 -- ARGV[2]  limit
 -- ARGV[3]  lease deadline; 0 means receive: delete the messages as they are taken
+-- ARGV[4]  how many of the jobs taken start now, their records marked running
+--          (absent: all); the rest (a worker's prefetch) keep their records as
+--          they are until the settle script's 'start' marks them
 -- Returns {next_due, {id, payload, attempt, token, reclaimed, ...}} where
 -- next_due is the earliest delayed-message due time or lease deadline ('' if none).
 local base = KEYS[1]
 local now = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local deadline = tonumber(ARGV[3])
+local running = tonumber(ARGV[4] or limit)
 local ready = base .. ':ready'
 local msg = base .. ':msg'
 local delay = base .. ':delay'
@@ -127,7 +131,7 @@ while taken < limit do
         local reclaimed = 0
         if check_recl then reclaimed = redis.call('SREM', recl, id) end
         redis.call('ZADD', lease, deadline, id)
-        if string.byte(id, 1) ~= 46 then  -- a job: its record says it runs
+        if string.byte(id, 1) ~= 46 and taken <= running then  -- a job: its record says it runs
           redis.call('HSET', base .. ':job:' .. id,
             'status', 'running', 'attempt', attempt, 'started_at', ARGV[1])
         end

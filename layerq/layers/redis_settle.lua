@@ -13,7 +13,7 @@
 --          (The job's locator, in another slot, is given the record's TTL by a
 --          PEXPIRE the layer pipelines after ack and dead.)
 -- A group's fields (numbered from 1 after its length):
--- 1  op: ack | retry | release | dead | extend
+-- 1  op: ack | retry | release | dead | extend | start
 -- 2  message id
 -- 3  lease token (the delivery count handed out by claim)
 -- 4  now (epoch seconds)
@@ -23,6 +23,8 @@
 -- dead:    5 record ttl (ms), 6 error type, 7 error message,
 --          8 dead-letter info (msgpack), 9 the record's fixed fields
 -- extend:  5 new lease deadline
+-- start:   5 attempt (a prefetched job starts: its record says it runs, as
+--          redis_claim.lua marks the records of the jobs that start at once)
 -- The fixed fields (id, type, channel, enqueued_at, max_attempts) come from the
 -- job's envelope, as one msgpack array of field/value pairs (one argument, not
 -- ten: the worker pays for each): until a job ends its record hash holds only
@@ -82,6 +84,13 @@ local function settle(A)
   end
   if op == 'extend' then
     redis.call('ZADD', lease, 'XX', A[5], id)
+    return 1
+  end
+  if op == 'start' then
+    if string.byte(id, 1) ~= 46 then
+      redis.call('HSET', base .. ':job:' .. id,
+        'status', 'running', 'attempt', A[5], 'started_at', A[4])
+    end
     return 1
   end
 

@@ -135,8 +135,10 @@ async def take(
     pool: BlockingPool | None = None,
     block: float = 0.0,
     early: Callable[[list[Row]], None] | None = None,
+    running: int | None = None,
 ) -> tuple[list[Row], float | None]:
     """Run the take script (lease > 0: claim; 0: receive); also the next due time.
+    ``running``: how many of the jobs taken get their records marked running.
 
     With ``pool`` and ``block``, first wait up to ``block`` s for a wake token
     of ``base``, in the same pipeline (see the module docstring). A take whose
@@ -150,7 +152,10 @@ async def take(
     # After a block, "now" is when the pipeline left: due times and expired
     # leases may be seen up to ``block`` late (never early); the caller's next
     # take sees them.
-    call: Call = ("EVALSHA", script, [base], [number(now), limit, deadline])
+    args: list[Any] = [number(now), limit, deadline]
+    if running is not None and running < limit:
+        args.append(max(0, running))
+    call: Call = ("EVALSHA", script, [base], args)
     landed: asyncio.Future[None] | None = None
 
     def late(replies: list[Any] | None) -> None:

@@ -277,8 +277,10 @@ class SQLiteChannelLayer(QueueLayer):
         lease: float,
         wait: float,
         started: Started | None = None,
+        running: int | None = None,
     ) -> list[Delivery]:
-        """Lease up to ``limit`` ready messages, waiting up to ``wait`` for the first.
+        """Lease up to ``limit`` ready messages, waiting up to ``wait`` for the first
+        (``running``: see QueueLayer.claim).
 
         ``started`` is not used: a claim's deliveries come back from a thread,
         with nothing to gain by handing them over sooner.
@@ -290,7 +292,7 @@ class SQLiteChannelLayer(QueueLayer):
 
         def claim(db: sqlite3.Connection) -> list[Delivery]:
             self._maybe_sweep(db)
-            return ops.claim(db, channels, limit, lease)
+            return ops.claim(db, channels, limit, lease, running)
 
         async with self._waiting().subscribe(channels) as ready:
             while True:
@@ -307,6 +309,10 @@ class SQLiteChannelLayer(QueueLayer):
     async def extend(self, deliveries: Sequence[Delivery], lease: float) -> None:
         """Heartbeat: leases of ``deliveries`` end ``lease`` seconds from now."""
         await self._write(ops.extend, list(deliveries), lease)
+
+    async def start(self, delivery: Delivery) -> bool:
+        """Mark a prefetched delivery's record running (see QueueLayer.start)."""
+        return await self._settle(ops.start, delivery)
 
     async def ack(self, delivery: Delivery, result: Any, ttl: float) -> bool:
         """Done: remove the message, record succeeded with ``result``."""

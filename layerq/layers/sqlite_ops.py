@@ -146,9 +146,14 @@ def add_record(db: sqlite3.Connection, record: JobRecord) -> None:
 
 
 def claim(
-    db: sqlite3.Connection, channels: Sequence[str], limit: int, lease: float
+    db: sqlite3.Connection,
+    channels: Sequence[str],
+    limit: int,
+    lease: float,
+    running: int | None = None,
 ) -> list[Delivery]:
-    """Lease up to ``limit`` ready messages and mark their jobs running."""
+    """Lease up to ``limit`` ready messages and mark their jobs running (only the
+    first ``running`` ones' when given; see QueueLayer.claim)."""
     token = secrets.token_hex(8)
     now = clock.now()
     marks = ",".join("?" * len(channels))
@@ -158,7 +163,7 @@ def claim(
         f" AND (expires_at IS NULL OR expires_at > ?) ORDER BY ready_at, id LIMIT ?",
         (*channels, now, now, limit),
     ).fetchall()
-    deliveries = []
+    deliveries: list[Delivery] = []
     for id_, channel, body, attempts, previous, job_id in rows:
         try:
             message = decode(body)
@@ -174,6 +179,7 @@ def claim(
                 token=token,
                 reclaimed=previous is not None,
                 job_id=job_id,
+                marked_running=running is None or len(deliveries) < running,
             )
         )
     db.executemany(
@@ -182,9 +188,26 @@ def claim(
     )
     db.executemany(
         "UPDATE jobs SET status = 'running', attempt = ?, started_at = ? WHERE id = ?",
-        [(d.attempt, now, d.job_id) for d in deliveries if d.job_id],
+        [(d.attempt, now, d.job_id) for d in deliveries if d.job_id and d.marked_running],
     )
     return deliveries
+
+
+def start(db: sqlite3.Connection, delivery: Delivery) -> bool:
+    """Mark a prefetched delivery's job running, as claim() would have."""
+    held = db.execute(
+        "SELECT 1 FROM messages WHERE id = ? AND token = ?", (int(delivery.id), delivery.token)
+    ).fetchone()
+    if held is None:
+        return False
+    _update_job(
+        db,
+        delivery,
+        "UPDATE jobs SET status = 'running', attempt = ?, started_at = ? WHERE id = ?",
+        delivery.attempt,
+        clock.now(),
+    )
+    return True
 
 
 def extend(db: sqlite3.Connection, deliveries: Sequence[Delivery], lease: float) -> None:
@@ -244,8 +267,12 @@ def release(db: sqlite3.Connection, delivery: Delivery) -> bool:
     )
     if not _leased(db, sql, delivery, clock.now()):
         return False
+    # (Set, not decremented: a prefetched delivery's claim left the attempt as it was.)
     _update_job(
-        db, delivery, "UPDATE jobs SET status = 'queued', attempt = attempt - 1 WHERE id = ?"
+        db,
+        delivery,
+        "UPDATE jobs SET status = 'queued', attempt = ? WHERE id = ?",
+        delivery.attempt - 1,
     )
     return True
 

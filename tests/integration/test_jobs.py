@@ -225,6 +225,28 @@ async def test_a_prefetching_worker_holds_its_prefetch_under_lease_and_runs_one_
     assert [(await job.arecord()).attempt for job in jobs] == [1, 1, 1, 1]
 
 
+async def test_a_prefetched_jobs_record_says_queued_until_it_starts(layer: Any) -> None:
+    """The record of a job that waits in the prefetch says queued, not running;
+    once it starts, running, with its attempt and a start time after its wait."""
+    first = await Sleep(seconds=0.5).asend()
+    second = await Sleep(seconds=0.5).asend()
+    async with running_worker(["slow"], concurrency=1, prefetch=1):
+        await until_running(first)
+        await asyncio.sleep(0.1)
+        assert await layer.claim(["slow"], 10, 30, 0) == []  # it is prefetched...
+        waiting = await second.arecord()
+        assert (waiting.status, waiting.attempt, waiting.started_at) == (
+            JobStatus.QUEUED,
+            0,
+            None,
+        )  # ...and says it waits
+        await until_running(second)
+        running = await second.arecord()
+        assert (running.status, running.attempt) == (JobStatus.RUNNING, 1)
+        assert running.started_at >= (await first.arecord()).finished_at
+        assert await second.aresult(timeout=10) == ""
+
+
 async def test_a_prefetched_job_keeps_its_lease_while_it_waits_for_a_slot(layer: Any) -> None:
     """A job prefetched behind one that runs for several leases is heartbeat too:
     nothing takes it meanwhile, and it runs once, on its first attempt."""

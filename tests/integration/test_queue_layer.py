@@ -240,7 +240,8 @@ async def test_an_ended_record_keeps_its_fields_whatever_the_message_holds(
     layer: Any, end: str, attempts: int
 ) -> None:
     """The fields a record reads from its message while the job waits are the ones
-    it keeps once the job ends (the Redis scripts read them from the payload)."""
+    it keeps once the job ends (Redis: a settle writes them, sent as one msgpack
+    array, which Lua can read whatever the message holds)."""
     job_id = await enqueue(layer, max_attempts=attempts, **EVERY_FORM)
     waiting = await layer.get_record(job_id)
     fixed = (waiting.id, waiting.type, waiting.channel, waiting.max_attempts)
@@ -258,6 +259,53 @@ async def test_an_ended_record_keeps_its_fields_whatever_the_message_holds(
     assert ended.status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
     assert (ended.id, ended.type, ended.channel, ended.max_attempts) == fixed
     assert ended.enqueued_at == waiting.enqueued_at
+
+
+async def test_a_claim_marks_running_only_the_jobs_that_start_now(layer: Any) -> None:
+    """claim(running=n): the first n records say running; the others (a worker's
+    prefetch) are leased but say what they said, until start() marks them."""
+    ids = [await enqueue(layer) for _ in range(3)]
+    deliveries = await layer.claim(["q"], 3, 30, 1, running=1)
+    assert [d.job_id for d in deliveries] == ids
+    assert [d.marked_running for d in deliveries] == [True, False, False]
+    records = [await layer.get_record(job_id) for job_id in ids]
+    assert [(r.status, r.attempt) for r in records] == [
+        (JobStatus.RUNNING, 1),
+        (JobStatus.QUEUED, 0),
+        (JobStatus.QUEUED, 0),
+    ]
+    assert records[1].started_at is None
+    assert await layer.start(deliveries[1])
+    started = await layer.get_record(ids[1])
+    assert (started.status, started.attempt) == (JobStatus.RUNNING, 1)
+    assert started.started_at is not None
+    assert await layer.ack(deliveries[1], "done", 60)
+    assert not await layer.start(deliveries[1])  # ended: the start changes nothing
+    assert (await layer.get_record(ids[1])).status is JobStatus.SUCCEEDED
+    await layer.release([deliveries[2]])
+    assert not await layer.start(deliveries[2])  # released: not ours any more
+    assert (await layer.get_record(ids[2])).status is JobStatus.QUEUED
+
+
+async def test_a_retried_job_prefetched_says_retrying_until_it_starts(layer: Any) -> None:
+    """A prefetched job on its second attempt keeps its retrying record (error
+    included) until start() says it runs again, with the new attempt."""
+    job_id = await enqueue(layer)
+    [delivery] = await layer.claim(["q"], 1, 30, 1)
+    assert await layer.retry(delivery, 0, "OSError", "again")
+    [delivery] = await layer.claim(["q"], 1, 30, 1, running=0)
+    assert (delivery.attempt, delivery.marked_running) == (2, False)
+    waiting = await layer.get_record(job_id)
+    assert (waiting.status, waiting.attempt, waiting.error_type) == (
+        JobStatus.RETRYING,
+        1,
+        "OSError",
+    )
+    assert await layer.start(delivery)
+    running = await layer.get_record(job_id)
+    assert (running.status, running.attempt) == (JobStatus.RUNNING, 2)
+    assert await layer.ack(delivery, None, 60)
+    assert (await layer.get_record(job_id)).status is JobStatus.SUCCEEDED
 
 
 async def test_finished_records_expire_after_their_ttl(layer: Any) -> None:
