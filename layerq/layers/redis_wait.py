@@ -154,7 +154,7 @@ async def take(
     # take sees them.
     args: list[Any] = [number(now), limit, deadline]
     if running is not None and running < limit:
-        args.append(max(0, running))
+        args.append(running)  # (not below 0: RedisChannelLayer._claim_once clamps it)
     call: Call = ("EVALSHA", script, [base], args)
     landed: asyncio.Future[None] | None = None
 
