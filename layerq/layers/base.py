@@ -138,7 +138,10 @@ class QueueLayer(BaseChannelLayer, abc.ABC):  # type: ignore[misc]
 
         One flag per item: True stored, False refused because the channel was
         full (nothing of that item stored). Each item stands alone: what was
-        stored stays stored when a later one is refused.
+        stored stays stored when a later one is refused. A job whose message is
+        still stored (a send retried) is not stored twice, and counts as stored;
+        one sent again after it ended is stored afresh, its new queued record
+        replacing the old.
         """
 
     @abc.abstractmethod

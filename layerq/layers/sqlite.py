@@ -254,19 +254,41 @@ class SQLiteChannelLayer(QueueLayer):
         self.require_valid_channel_name(channel)
 
         def enqueue(db: sqlite3.Connection, chunk: Sequence[Queued]) -> list[bool]:
-            stored = []
-            for message, record in chunk:
-                fits = self._insert(db, channel, message, delay)
-                if fits:
-                    ops.add_record(db, record)
-                stored.append(fits)
-            return stored
+            return [
+                self._store_job(db, channel, message, record, delay) for message, record in chunk
+            ]
 
         stored: list[bool] = []
         with stored_so_far(stored):
             for start in range(0, len(batch), ENQUEUE_CHUNK):
                 stored += self._write_sync(enqueue, batch[start : start + ENQUEUE_CHUNK])
         return stored
+
+    def _store_job(
+        self,
+        db: sqlite3.Connection,
+        channel: str,
+        message: dict[str, Any],
+        record: JobRecord,
+        delay: float,
+    ) -> bool:
+        """Store a job's message and queued record; False when the channel is full.
+
+        As on Redis: a job sent again while its message is stored (a send
+        retried) is not stored twice, and one sent again after it ended starts
+        afresh, its new record replacing the old.
+        """
+        if ops.add_record(db, record):
+            if self._insert(db, channel, message, delay):
+                return True
+            ops.drop_record(db, record.id)
+            return False
+        if ops.job_stored(db, record.id):
+            return True
+        if not self._insert(db, channel, message, delay):
+            return False
+        ops.add_record(db, record, replace=True)
+        return True
 
     # --- worker side -------------------------------------------------------------
 

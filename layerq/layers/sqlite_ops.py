@@ -129,11 +129,14 @@ def group_members(db: sqlite3.Connection, group: str) -> list[str]:
 # --- jobs --------------------------------------------------------------------------
 
 
-def add_record(db: sqlite3.Connection, record: JobRecord) -> None:
-    """Store a new job's queued record."""
-    db.execute(
-        "INSERT INTO jobs (id, type, channel, status, max_attempts, enqueued_at)"
-        " VALUES (?,?,?,?,?,?)",
+def add_record(db: sqlite3.Connection, record: JobRecord, replace: bool = False) -> bool:
+    """Store a new job's queued record; False when one with its id is kept (unless
+    ``replace``: then the new one takes its place, every field afresh)."""
+    verb = "INSERT OR REPLACE" if replace else "INSERT"
+    conflict = "" if replace else " ON CONFLICT (id) DO NOTHING"
+    cursor = db.execute(
+        f"{verb} INTO jobs (id, type, channel, status, max_attempts, enqueued_at)"
+        f" VALUES (?,?,?,?,?,?){conflict}",
         (
             record.id,
             record.type,
@@ -143,6 +146,17 @@ def add_record(db: sqlite3.Connection, record: JobRecord) -> None:
             record.enqueued_at,
         ),
     )
+    return cursor.rowcount == 1
+
+
+def drop_record(db: sqlite3.Connection, job_id: str) -> None:
+    db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+
+def job_stored(db: sqlite3.Connection, job_id: str) -> bool:
+    """Whether a message of ``job_id`` is stored (waiting, delayed or leased)."""
+    row = db.execute("SELECT 1 FROM messages WHERE job_id = ? LIMIT 1", (job_id,)).fetchone()
+    return row is not None
 
 
 def claim(

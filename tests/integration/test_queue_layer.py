@@ -36,6 +36,51 @@ async def enqueue(
     return job_id
 
 
+def job_message(channel: str = "q") -> tuple[dict[str, Any], JobRecord]:
+    """A job's message and queued record, as a producer builds them."""
+    job_id, now = new_job_id(), clock.now()
+    message = build_message("q.work", {}, Envelope(id=job_id, enqueued=now))
+    record = JobRecord(
+        id=job_id, type="q.work", channel=channel, status=JobStatus.QUEUED, enqueued_at=now
+    )
+    return message, record
+
+
+async def test_a_send_retried_while_its_job_is_stored_stores_nothing_again(layer: Any) -> None:
+    """A job sent again with its id (a send retried) while waiting or leased is
+    stored once: one delivery, one record, counted once."""
+    message, record = job_message()
+    await layer.enqueue("q", message, record)
+    await layer.enqueue("q", message, record)
+    assert await layer.pending("q") == 1
+    [delivery] = await layer.claim(["q"], 10, 30, 0)
+    await layer.enqueue("q", message, record)  # while leased
+    assert await layer.claim(["q"], 10, 30, 0) == []
+    assert (await layer.get_record(record.id)).status is JobStatus.RUNNING
+    assert await layer.ack(delivery, None, 60)
+    assert await layer.pending("q") == 0
+
+
+async def test_a_send_retried_after_its_job_ended_starts_a_fresh_record(layer: Any) -> None:
+    """The ended job's record (with its TTL) does not speak for the message stored
+    again, nor do its counts of deliveries and releases."""
+    message, record = job_message()
+    await layer.enqueue("q", message, record)
+    [delivery] = await layer.claim(["q"], 1, 30, 0)
+    await layer.release([delivery])
+    [delivery] = await layer.claim(["q"], 1, 30, 0)
+    assert delivery.attempt == 1
+    assert await layer.ack(delivery, "first", 60)
+    await layer.enqueue("q", message, record)  # the same id: a send retried late
+    found = await layer.get_record(record.id)
+    assert found is not None
+    assert (found.status, found.result, found.finished_at) == (JobStatus.QUEUED, None, None)
+    [delivery] = await layer.claim(["q"], 1, 30, 0)
+    assert delivery.attempt == 1
+    assert await layer.ack(delivery, "second", 60)
+    assert (await layer.get_record(record.id)).result == "second"
+
+
 async def test_claim_ack_marks_the_record_succeeded(layer: Any) -> None:
     """A claimed then acked job is gone, with its result in a succeeded record."""
     job_id = await enqueue(layer, n=1)

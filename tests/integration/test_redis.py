@@ -213,28 +213,6 @@ async def test_a_send_writes_no_record_hash_until_its_job_is_taken(
     assert (found.status, found.type, found.result) == (JobStatus.SUCCEEDED, "t.job", 3)
 
 
-async def test_a_send_retried_after_its_job_ended_starts_a_fresh_record(
-    redis_layer: RedisChannelLayer,
-) -> None:
-    """The ended job's record (with its TTL) does not speak for the message stored
-    again, nor do its counts of deliveries and releases."""
-    message, record = job("q")
-    await redis_layer.enqueue("q", message, record)
-    [delivery] = await redis_layer.claim(["q"], 1, 30, 0)
-    await redis_layer.release([delivery])
-    [delivery] = await redis_layer.claim(["q"], 1, 30, 0)
-    assert delivery.attempt == 1
-    assert await redis_layer.ack(delivery, "first", 60)
-    await redis_layer.enqueue("q", message, record)  # the same id: a send retried late
-    found = await redis_layer.get_record(record.id)
-    assert found is not None
-    assert (found.status, found.result, found.finished_at) == (JobStatus.QUEUED, None, None)
-    [delivery] = await redis_layer.claim(["q"], 1, 30, 0)
-    assert delivery.attempt == 1
-    assert await redis_layer.ack(delivery, "second", 60)
-    assert (await redis_layer.get_record(record.id)).result == "second"  # type: ignore[union-attr]
-
-
 async def test_a_job_message_sent_as_a_plain_message_gets_a_record_when_taken(
     redis_layer: RedisChannelLayer,
 ) -> None:
