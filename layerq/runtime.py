@@ -383,6 +383,9 @@ class Worker:
                     channel=running.delivery.channel,
                 )
         await asyncio.gather(*(r.task for r in unsettled), return_exceptions=True)
+        # Before the layer closes: a prefetched job's start mark still in flight
+        # (a no-op once its outcome came first).
+        await asyncio.gather(*self._marking, return_exceptions=True)
 
     async def _heartbeat(self) -> None:
         lease = self.settings.lease

@@ -10,6 +10,8 @@ from django.test import override_settings
 
 import layerq
 from layerq.jobs import JobStatus
+from layerq.runtime import Worker
+from tests.app.asgi import application
 from tests.app.events import Add, Again, Fail, Flaky, Multiply, Sleep, Steps, SyncAdd, SyncSleep
 from tests.conftest import running_worker
 
@@ -245,6 +247,21 @@ async def test_a_prefetched_jobs_record_says_queued_until_it_starts(layer: Any) 
         assert (running.status, running.attempt) == (JobStatus.RUNNING, 1)
         assert running.started_at >= (await first.arecord()).finished_at
         assert await second.aresult(timeout=10) == ""
+
+
+async def test_a_stopping_worker_waits_for_a_start_mark_in_flight(layer: Any) -> None:
+    """The mark that a prefetched job runs, sent as it starts, is awaited by the
+    worker's stop, before the layer closes (where it would fail, unapplied)."""
+    job = await Sleep(seconds=0).asend()
+    [delivery] = await layer.claim(["slow"], 1, 30, 0, running=0)
+    assert not delivery.marked_running
+    worker = Worker(application, ["slow"])
+    worker._mark_running(delivery)
+    await worker._drain()
+    assert not worker._marking  # done, not left running past the stop
+    record = await job.arecord()
+    assert (record.status, record.attempt) == (JobStatus.RUNNING, 1)
+    await layer.release([delivery])
 
 
 async def test_a_prefetched_job_keeps_its_lease_while_it_waits_for_a_slot(layer: Any) -> None:
