@@ -32,7 +32,7 @@ redis.call('SREM', base .. ':recl', id)
 local record = base .. ':job:' .. id
 if string.byte(id, 1) ~= 46 then
   redis.call('HSET', record, 'status', 'cancelled', 'finished_at', ARGV[2],
-    'expires_at', ARGV[2] + ARGV[3] / 1000, unpack(cmsgpack.unpack(ARGV[4])))
+    'ttl', ARGV[3], unpack(cmsgpack.unpack(ARGV[4])))
   redis.call('PEXPIRE', record, ARGV[3])
   if redis.call('HDEL', record, 'watch') == 1 then
     local done = base .. ':done:' .. id

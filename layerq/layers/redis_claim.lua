@@ -130,7 +130,7 @@ while taken < limit do
         end
         local reclaimed = 0
         if check_recl then reclaimed = redis.call('SREM', recl, id) end
-        redis.call('ZADD', lease, deadline, id)
+        redis.call('ZADD', lease, ARGV[3], id)  -- as given: a number would be formatted
         if string.byte(id, 1) ~= 46 and taken <= running then  -- a job: its record says it runs
           redis.call('HSET', base .. ':job:' .. id,
             'status', 'running', 'attempt', attempt, 'started_at', ARGV[1])

@@ -153,9 +153,15 @@ def decode_record(raw: Mapping[Any, Any], payload: bytes | None, channel: str) -
             fields.setdefault(name, value)  # the hash, where it has one, is newer
         if fixed:
             fields.setdefault("status", "queued")
-    expires = fields.pop("expires_at", None)
-    # Redis expires the hash on its own clock; this honours layerq's too.
-    if expires is not None and float(expires) <= clock.now():
+    # Redis expires the hash on its own clock; this honours layerq's too. An
+    # ended job's hash holds its TTL (ms) after finished_at (records written
+    # before it did hold expires_at).
+    legacy = fields.pop("expires_at", None)
+    ttl = fields.pop("ttl", None)
+    expires = None if legacy is None else float(legacy)
+    if ttl is not None and "finished_at" in fields:
+        expires = float(fields["finished_at"]) + int(ttl) / 1000
+    if expires is not None and expires <= clock.now():
         return None
     if "id" not in fields or "status" not in fields:
         return None  # a half-written hash (e.g. progress on an expired record)

@@ -32,7 +32,7 @@ for _, id in ipairs(ids) do
     if redis.call('EXISTS', record) == 1 then
       redis.call('HSET', record, 'status', 'queued', 'attempt', 0)
       redis.call('HDEL', record, 'started_at', 'finished_at', 'result', 'error_type',
-        'error_message', 'progress', 'progress_message', 'expires_at')
+        'error_message', 'progress', 'progress_message', 'ttl', 'expires_at')
       redis.call('PERSIST', record)
     end
     done[#done + 1] = id

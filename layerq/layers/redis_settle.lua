@@ -8,7 +8,8 @@
 --          ":msg", ":ready", ":delay", ":wake", ":dead" (HASH id ->
 --          payload), ":deadinfo" (HASH id -> msgpack [reason, failed_at, job_id]),
 --          ":deadq" (ZSET id -> failed_at), ":job:"..id (the job record; its
---          expires_at field mirrors the Redis TTL on layerq's clock, for tests),
+--          ttl field (ms) after finished_at is the Redis TTL on layerq's clock,
+--          for tests; in the script's own strings: Lua would format a sum),
 --          ":done:"..id (LIST: a wake-up token for waiters, when it is watched)
 --          (The job's locator, in another slot, is given the record's TTL by a
 --          PEXPIRE the layer pipelines after ack and dead.)
@@ -79,26 +80,33 @@ end
 
 local function settle(A)
   local op, id = A[1], A[2]
-  if not redis.call('ZSCORE', lease, id) or redis.call('HGET', att, id) ~= A[3] then
+  -- The current lease's token (a string compare), then the lease itself.
+  -- (ZRANK and ZREM say whether it is there without a score: Redis formats
+  -- one as text for a script, with snprintf, which costs more than the call.)
+  if redis.call('HGET', att, id) ~= A[3] then
     return 0
   end
-  if op == 'extend' then
-    redis.call('ZADD', lease, 'XX', A[5], id)
-    return 1
-  end
-  if op == 'start' then
-    if string.byte(id, 1) ~= 46 then
+  if op == 'extend' or op == 'start' then
+    if not redis.call('ZRANK', lease, id) then
+      return 0
+    end
+    if op == 'extend' then
+      redis.call('ZADD', lease, 'XX', A[5], id)
+    elseif string.byte(id, 1) ~= 46 then
       redis.call('HSET', base .. ':job:' .. id,
         'status', 'running', 'attempt', A[5], 'started_at', A[4])
     end
     return 1
   end
+  -- The other ops end the lease: gone already, it expired and the message
+  -- moved on. (Not in ":recl" either: a claim takes an id out of it as it
+  -- leases it, and puts it back only once the lease has expired.)
+  if redis.call('ZREM', lease, id) == 0 then
+    return 0
+  end
 
   local record = base .. ':job:' .. id
   local is_job = string.byte(id, 1) ~= 46
-  redis.call('ZREM', lease, id)
-  -- (Not in ":recl": a claim takes an id out of it as it leases it, and puts
-  -- it back only once the lease has expired, when the ZSCORE above fails.)
 
   if op == 'ack' then
     redis.call('HDEL', base .. ':msg', id)
@@ -106,7 +114,7 @@ local function settle(A)
     forget_releases(id)
     if is_job then
       redis.call('HSET', record, 'status', 'succeeded', 'finished_at', A[4], 'result', A[6],
-        'progress', '1.0', 'expires_at', A[4] + A[5] / 1000, unpack(cmsgpack.unpack(A[7])))
+        'progress', '1.0', 'ttl', A[5], unpack(cmsgpack.unpack(A[7])))
       if A[3] ~= '1' then
         -- An earlier delivery may have left its error (tokens never repeat,
         -- and requeued dead letters start without one).
@@ -147,7 +155,7 @@ local function settle(A)
     forget_releases(id)
     if is_job then
       redis.call('HSET', record, 'status', 'failed', 'finished_at', A[4],
-        'error_type', A[6], 'error_message', A[7], 'expires_at', A[4] + A[5] / 1000,
+        'error_type', A[6], 'error_message', A[7], 'ttl', A[5],
         unpack(cmsgpack.unpack(A[9])))
       redis.call('PEXPIRE', record, A[5])
       done(record, id)

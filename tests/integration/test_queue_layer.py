@@ -9,6 +9,7 @@ import pytest
 
 import layerq
 from layerq import clock
+from layerq.conf import get_settings
 from layerq.events import Envelope, build_message, new_job_id
 from layerq.jobs import JobRecord, JobStatus
 
@@ -353,14 +354,26 @@ async def test_a_retried_job_prefetched_says_retrying_until_it_starts(layer: Any
     assert (await layer.get_record(job_id)).status is JobStatus.SUCCEEDED
 
 
-async def test_finished_records_expire_after_their_ttl(layer: Any) -> None:
-    """A succeeded record is gone once result_ttl has passed."""
+@pytest.mark.parametrize("end", ["ack", "dead_letter", "cancel"])
+async def test_finished_records_expire_after_their_ttl(layer: Any, end: str) -> None:
+    """An ended record (succeeded, failed or cancelled) is kept for its TTL, on
+    layerq's clock, and is gone once it has passed."""
     job_id = await enqueue(layer)
-    [delivery] = await layer.claim(["q"], 1, 30, 1)
-    await layer.ack(delivery, 1, 5)
+    ttl = 5.0
+    if end == "cancel":
+        assert await layer.cancel(job_id)
+        ttl = get_settings().result_ttl  # a cancel's record is kept as results are
+    else:
+        [delivery] = await layer.claim(["q"], 1, 30, 1)
+        if end == "ack":
+            assert await layer.ack(delivery, 1, 5)
+        else:
+            assert await layer.dead_letter(delivery, "boom", "ValueError", "bad", 5)
     now = clock.now()
-    clock.set_clock(lambda: now + 6)
     try:
+        clock.set_clock(lambda: now + ttl - 1)
+        assert await layer.get_record(job_id) is not None
+        clock.set_clock(lambda: now + ttl + 1)
         assert await layer.get_record(job_id) is None
     finally:
         clock.set_clock(None)
