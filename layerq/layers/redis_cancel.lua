@@ -10,9 +10,10 @@
 -- ARGV[3]  record ttl (ms)
 -- ARGV[4]  the record's fixed field/value pairs (id, type, channel, enqueued_at,
 --          max_attempts) as one msgpack array, read by the layer from the stored
---          message (cmsgpack cannot read one that holds bytes): while a job
---          waits its record is read from its payload (redis_enqueue.lua), which
---          goes now
+--          message (cmsgpack cannot read one that holds bytes), kept as they
+--          are in the record's field 'fixed' (see redis_settle.lua): while a
+--          job waits its record is read from its payload (redis_enqueue.lua),
+--          which goes now
 -- Returns 1 cancelled, 0 not waiting (running, finished or unknown).
 local base = KEYS[1]
 local id = ARGV[1]
@@ -32,7 +33,7 @@ redis.call('SREM', base .. ':recl', id)
 local record = base .. ':job:' .. id
 if string.byte(id, 1) ~= 46 then
   redis.call('HSET', record, 'status', 'cancelled', 'finished_at', ARGV[2],
-    'ttl', ARGV[3], unpack(cmsgpack.unpack(ARGV[4])))
+    'ttl', ARGV[3], 'fixed', ARGV[4])
   redis.call('PEXPIRE', record, ARGV[3])
   if redis.call('HDEL', record, 'watch') == 1 then
     local done = base .. ':done:' .. id

@@ -137,18 +137,21 @@ def decode_record(raw: Mapping[Any, Any], payload: bytes | None, channel: str) -
     only what changed (status, attempt, times, progress, the watch mark); the
     rest (id, type, channel, enqueue time, max attempts) is read from its
     payload, ``channel`` being where it is stored. An ended job's hash holds
-    everything. None for no such job.
+    everything, those five packed in its field ``fixed``. None for no such job.
     """
     fields: dict[str, str] = {}
     result: Any = _NO_RESULT
+    packed: bytes | None = None
     for key, value in raw.items():
         name = text(key)
         if name == "result":
             result = value
+        elif name == "fixed":
+            packed = value  # an ended job's fixed fields, packed (see redis_settle.lua)
         else:
             fields[name] = text(value)
     if "id" not in fields:
-        fixed = payload_record_pairs(payload, channel)
+        fixed = payload_record_pairs(payload, channel) if packed is None else decode_value(packed)
         for name, value in zip(fixed[::2], fixed[1::2], strict=True):
             fields.setdefault(name, value)  # the hash, where it has one, is newer
         if fixed:
