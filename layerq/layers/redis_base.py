@@ -17,7 +17,6 @@ from typing import Any
 from .. import clock
 from ..conf import get_settings
 from ..errors import ConfigurationError
-from ..jobs import JobRecord
 from . import redis_codec as codec
 from . import redis_keys as keys
 from . import redis_wait as waits
@@ -108,38 +107,45 @@ class RedisBase(QueueLayer):
 
     def _store_call(self, channel: str, message: dict[str, Any], now: float) -> Call:
         """The enqueue script for one plain message; its reply is ``[flag]``."""
-        args = self._store_args(channel, message, now)
+        job_id = codec.job_id_of(message)
+        suffix = ""
+        if "!" in channel and job_id is None:
+            # Every '!' channel of a process shares one list; the suffix in the
+            # id lets the scripts hold each one to its own capacity.
+            suffix = channel[channel.index("!") + 1 :]
+        args = self._store_head(channel, now, 0.0, job_id is not None, suffix)
+        args += self._store_args(channel, message, job_id, suffix)
         return ("EVALSHA", self._scripts["enqueue"], [self._base(channel)[1]], args)
+
+    def _store_head(
+        self, channel: str, now: float, delay: float, durable: bool, suffix: str = ""
+    ) -> list[Any]:
+        """The enqueue script's first five arguments, shared by its messages
+        (redis_enqueue.lua)."""
+        return [
+            codec.number(now),
+            codec.number(now + delay) if delay > 0 else "0",
+            "0" if durable else codec.number(now + self.expiry),
+            self.get_capacity(channel),
+            suffix,
+        ]
 
     def _store_args(
         self,
         channel: str,
         message: dict[str, Any],
-        now: float,
-        record: JobRecord | None = None,
-        delay: float = 0.0,
+        job_id: str | None,
+        suffix: str = "",
+        checked: bool = False,
     ) -> list[Any]:
-        """One message's three arguments of the enqueue script (redis_enqueue.lua)."""
-        job_id = record.id if record is not None else codec.job_id_of(message)
-        message_id, suffix = job_id or codec.new_message_id(), ""
+        """One message's two arguments of the enqueue script: its id and payload."""
+        message_id = job_id or codec.new_message_id()
         if "!" in channel:
             message = {**message, codec.LOCAL_CHANNEL_KEY: channel}
-            if job_id is None:
-                # Every '!' channel of a process shares one list; the suffix in
-                # the id lets the scripts hold each one to its own capacity.
-                suffix = channel[channel.index("!") + 1 :]
+            if suffix:
                 message_id = f"{message_id}!{suffix}"
-        # A job's fields were checked by the producer that built the record.
-        payload = codec.encode_message(message, checked=record is not None)
-        expires = "0" if job_id else codec.number(now + self.expiry)
-        meta: list[Any] = [
-            codec.number(now),
-            codec.number(now + delay) if delay > 0 else "0",
-            expires,
-            self.get_capacity(channel),
-            suffix,
-        ]
-        return [message_id, payload, codec.encode_value(meta)]
+        # ``checked``: a job's fields were checked by the producer that built its record.
+        return [message_id, codec.encode_message(message, checked=checked)]
 
     def _enqueue_calls(self, channel: str, batch: Sequence[Queued], delay: float) -> list[Call]:
         """A locator SET for each job of ``batch``, then one enqueue script for them all.
@@ -150,10 +156,10 @@ class RedisBase(QueueLayer):
         """
         name, now, delay = self.non_local_name(channel), clock.now(), max(0.0, delay)
         calls: list[Call] = []
-        args: list[Any] = []
+        args = self._store_head(channel, now, delay, durable=True)
         for message, record in batch:
             calls.append(("SET", keys.locator_key(self.prefix, record.id), name))
-            args += self._store_args(channel, message, now, record, delay)
+            args += self._store_args(channel, message, record.id, checked=True)
         calls.append(("EVALSHA", self._scripts["enqueue"], [self._base(channel)[1]], args))
         return calls
 

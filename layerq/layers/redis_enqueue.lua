@@ -8,18 +8,16 @@
 --          Every key is in that one slot, so Redis Cluster accepts the script. The
 --          locator "prefix:loc:<id>" of a job lives in another slot: the layer
 --          SETs it in the same pipeline, just before this script.
--- ARGV     a run of messages (one for a send, up to a few hundred for send_many),
---          three arguments each:
---          1 message id (the job id for job messages)
---          2 payload (msgpack)
---          3 the rest, as one msgpack array (packing many small arguments was the
---            producer's largest cost per send):
---            [1] now (epoch seconds, a string)
---            [2] due: ready at this time (<= now: ready at once)
---            [3] expires at (0: durable, never expires)
---            [4] capacity: messages the channel may hold (ready, delayed and leased)
---            [5] process-local suffix ('' for other channels): the part after '!', whose
---                own count is held to the capacity, as every '!' channel shares one list
+-- ARGV     five arguments shared by the messages of the call, then the messages:
+--          1 now (epoch seconds)
+--          2 due: ready at this time (<= now: ready at once)
+--          3 expires at (0: durable, never expires)
+--          4 capacity: messages the channel may hold (ready, delayed and leased)
+--          5 process-local suffix ('' for other channels): the part after '!', whose
+--            own count is held to the capacity, as every '!' channel shares one list
+--          then a run of messages (one for a send, up to a few hundred for
+--          send_many), two arguments each: the message id (the job id for job
+--          messages) and its payload (msgpack)
 -- A job (a message whose id does not start with '.') gets no record hash here: while
 -- it waits, its record is read from its payload (see RedisChannelLayer.get_record);
 -- the claim, settles and cancel write the hash. A record left by an earlier send of
@@ -64,15 +62,16 @@ local function sweep(now)
   held = {}
 end
 
+local now = tonumber(ARGV[1])
+local due = tonumber(ARGV[2])
+local expires = tonumber(ARGV[3])
+local capacity = tonumber(ARGV[4])
+local suffix = ARGV[5]
 local flags = {}
 local now_ready = {}
 local stored = 0
-for i = 1, #ARGV, 3 do
+for i = 6, #ARGV, 2 do
   local id = ARGV[i]
-  local meta = cmsgpack.unpack(ARGV[i + 2])
-  local now = tonumber(meta[1])
-  local capacity = tonumber(meta[4])
-  local suffix = meta[5]
   local flag = 1
   if count(suffix) >= capacity and not swept then
     sweep(now)
@@ -89,15 +88,13 @@ for i = 1, #ARGV, 3 do
     if suffix ~= '' then
       redis.call('HINCRBY', counts, suffix, 1)
     end
-    local due = tonumber(meta[2])
     if due > now then
-      redis.call('ZADD', base .. ':delay', due, id)
+      redis.call('ZADD', base .. ':delay', ARGV[2], id)
     else
       now_ready[#now_ready + 1] = id
     end
-    local expires = tonumber(meta[3])
     if expires > 0 then
-      redis.call('ZADD', exp, expires, id)
+      redis.call('ZADD', exp, ARGV[3], id)
     end
     if string.byte(id, 1) ~= 46 then
       redis.call('DEL', base .. ':job:' .. id)
