@@ -3,7 +3,8 @@
 The bench tables give one number per system; this splits layerq's into the
 stages of one job (``send().result()`` from a sync producer, ``runworker``
 with the defaults, a private Redis), as medians over ``--jobs`` sequential
-jobs, and adds what Redis spent per job by command (``INFO commandstats``;
+jobs, with the CPU time the worker and the producer spend a job (means, from
+``time.process_time()``), and adds what Redis spent per job by command (``INFO commandstats``;
 script calls include the commands they make) and per script call (SLOWLOG
 medians; logging every command costs Redis a little, the same for both sides
 of a comparison). For comparing two commits::
@@ -145,15 +146,20 @@ def _producer() -> None:
     redis_conn._SyncConnection.read = stamped_read  # type: ignore[method-assign]
     total = int(json.loads(os.environ["BENCH_CONFIG"])["jobs"])
     rows: list[dict[str, float]] = []
+    worker_cpu: list[float] = []
+    producer_cpu = 0.0
     for index in range(total):
         writes.clear()
         reads.clear()
         began = time.time()
         job = layerq_app.Noop(phase="stages", i=index, n=total).send()
         sent = time.time()
-        arrived, handling, started = job.result(timeout=10)
+        arrived, handling, started, cpu = job.result(timeout=10)
         done = time.time()
+        if index == WARMUP:
+            producer_cpu = time.process_time()
         if index >= WARMUP:
+            worker_cpu.append(cpu)
             rows.append({
                 "producer, before the send's write": writes[0] - began,
                 "send's round trip": reads[0] - writes[0],
@@ -168,6 +174,12 @@ def _producer() -> None:
             })  # fmt: skip
     for stage in rows[0]:
         print(f"  {stage:36} {statistics.median(r[stage] for r in rows) * 1e6:7.1f}")
+    # CPU a job, means over the measured jobs (the process's user and system time).
+    cycles = len(worker_cpu) - 1
+    producer_cpu = time.process_time() - producer_cpu
+    worker_mean = (worker_cpu[-1] - worker_cpu[0]) / cycles
+    print(f"  {'CPU a job: worker (mean)':36} {worker_mean * 1e6:7.1f}")
+    print(f"  {'CPU a job: producer (mean)':36} {producer_cpu / cycles * 1e6:7.1f}")
 
 
 def _worker() -> None:
@@ -195,7 +207,9 @@ def _worker() -> None:
         await handle(self, delivery)
 
     def mark(phase: str, index: int, total: int) -> list[float]:
-        return [stamps["read"], stamps["handle"], time.time()]
+        # The worker's CPU time so far (user and system): the producer takes
+        # the difference between the first and the last measured job.
+        return [stamps["read"], stamps["handle"], time.time(), time.process_time()]
 
     redis_conn._Protocol.data_received = stamped_received  # type: ignore[method-assign]
     runtime.Worker._handle = stamped_handle  # type: ignore[method-assign]
