@@ -4,10 +4,10 @@ The bench tables give one number per system; this splits layerq's into the
 stages of one job (``send().result()`` from a sync producer, ``runworker``
 with the defaults, a private Redis), as medians over ``--jobs`` sequential
 jobs, with the CPU time the worker and the producer spend a job (means, from
-``time.process_time()``), and adds what Redis spent per job by command (``INFO commandstats``;
-script calls include the commands they make) and per script call (SLOWLOG
-medians; logging every command costs Redis a little, the same for both sides
-of a comparison). For comparing two commits::
+``time.process_time()``), and adds what Redis spent per job by command
+(``INFO commandstats``; script calls include the commands they make) and per
+script call (SLOWLOG medians; logging every command costs Redis a little, the
+same for both sides of a comparison). For comparing two commits::
 
     python -m bench.stages --pin                     # this checkout
     python -m bench.stages --pin --tree /tmp/old     # a git worktree of another
@@ -146,8 +146,9 @@ def _producer() -> None:
     redis_conn._SyncConnection.read = stamped_read  # type: ignore[method-assign]
     total = int(json.loads(os.environ["BENCH_CONFIG"])["jobs"])
     rows: list[dict[str, float]] = []
-    worker_cpu: list[float] = []
-    producer_cpu = 0.0
+    # (worker, producer) CPU time, user and system, at the first and the last
+    # measured job: the worker's as its handler ran, the producer's as the result came.
+    first = last = (0.0, 0.0)
     for index in range(total):
         writes.clear()
         reads.clear()
@@ -156,10 +157,10 @@ def _producer() -> None:
         sent = time.time()
         arrived, handling, started, cpu = job.result(timeout=10)
         done = time.time()
-        if index == WARMUP:
-            producer_cpu = time.process_time()
         if index >= WARMUP:
-            worker_cpu.append(cpu)
+            last = (cpu, time.process_time())
+            if index == WARMUP:
+                first = last
             rows.append({
                 "producer, before the send's write": writes[0] - began,
                 "send's round trip": reads[0] - writes[0],
@@ -174,12 +175,11 @@ def _producer() -> None:
             })  # fmt: skip
     for stage in rows[0]:
         print(f"  {stage:36} {statistics.median(r[stage] for r in rows) * 1e6:7.1f}")
-    # CPU a job, means over the measured jobs (the process's user and system time).
-    cycles = len(worker_cpu) - 1
-    producer_cpu = time.process_time() - producer_cpu
-    worker_mean = (worker_cpu[-1] - worker_cpu[0]) / cycles
-    print(f"  {'CPU a job: worker (mean)':36} {worker_mean * 1e6:7.1f}")
-    print(f"  {'CPU a job: producer (mean)':36} {producer_cpu / cycles * 1e6:7.1f}")
+    # Means over the jobs between the first and the last measured one.
+    cycles = len(rows) - 1
+    for name, began_cpu, ended_cpu in zip(("worker", "producer"), first, last, strict=True):
+        mean = (ended_cpu - began_cpu) / cycles
+        print(f"  {'CPU a job: ' + name + ' (mean)':36} {mean * 1e6:7.1f}")
 
 
 def _worker() -> None:
