@@ -58,8 +58,8 @@ class Outcome:
     """What one system measured (None: not measured or not applicable)."""
 
     system: System
-    enqueue: float | None = None  #: jobs/s through the main enqueue path
-    sync_send: float | None = None  #: jobs/s through the sync path (layerq send(), async_to_sync)
+    enqueue: float | None = None  #: jobs/s through the async path (asend(), redis.asyncio, arq)
+    sync_send: float | None = None  #: jobs/s through the sync path (send(), redis.Redis, .delay())
     bulk_enqueue: float | None = None  #: jobs/s through the many-at-once call, where there is one
     drain: float | None = None  #: jobs/s, first to last handler start
     start: Percentiles | None = None  #: enqueue -> handler start
@@ -183,7 +183,7 @@ class Runner:
                 outcome: Outcome) -> None:  # fmt: skip
         timeout = 120 + self.config.jobs / 20 + self.config.latency_jobs
         report = self._command(python, system, "inproc", env, timeout)
-        outcome.enqueue, outcome.sync_send = report["enqueue"], report.get("sync_send")
+        outcome.enqueue, outcome.sync_send = report.get("enqueue"), report.get("sync_send")
         outcome.versions = report["versions"]
         outcome.drain = drain_rate(_starts(directory, DRAIN))
         self._latencies(directory, report["times"], outcome)
@@ -193,7 +193,7 @@ class Runner:
                   outcome: Outcome) -> None:  # fmt: skip
         jobs, latency_jobs = self.config.jobs, self.config.latency_jobs
         report = self._command(python, system, "enqueue", env, 60 + jobs / 20)
-        outcome.enqueue, outcome.sync_send = report["enqueue"], report.get("sync_send")
+        outcome.enqueue, outcome.sync_send = report.get("enqueue"), report.get("sync_send")
         outcome.versions = report["versions"]
         log = self.logs / f"{system.key}-worker.log"
         with log.open("wb") as out:

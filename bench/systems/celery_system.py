@@ -38,7 +38,9 @@ def noop(phase: str, i: int, n: int) -> float:
 
 def enqueue(config: Config) -> dict[str, Any]:
     return {
-        "enqueue": timed(lambda i: noop.delay(**payload(DRAIN, i, config.jobs)), range(config.jobs))
+        "sync_send": timed(
+            lambda i: noop.delay(**payload(DRAIN, i, config.jobs)), range(config.jobs)
+        )
     }
 
 

@@ -48,7 +48,9 @@ def noop_bulk(phase: str, i: int, n: int) -> float:
 
 def enqueue(config: Config) -> dict[str, Any]:
     return {
-        "enqueue": timed(lambda i: noop.send(**payload(DRAIN, i, config.jobs)), range(config.jobs))
+        "sync_send": timed(
+            lambda i: noop.send(**payload(DRAIN, i, config.jobs)), range(config.jobs)
+        )
     }
 
 

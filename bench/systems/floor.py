@@ -1,16 +1,22 @@
 """The floor: a bare redis-py LPUSH / BRPOP loop, JSON bodies, a reply list per job.
 
 No acknowledgement, retries or records: what a queue costs before it does
-anything a queue is for. Its bulk figure is the pipelined floor: LPUSHes in a
-non-transactional pipeline executed every ``PIPELINE_CHUNK`` jobs.
+anything a queue is for. Its enqueue is measured on both of redis-py's
+clients, as layerq's is on both of its calls: the sync path (``sync_send``)
+with ``redis.Redis``, what a Django view would call, the main path
+(``enqueue``) with ``redis.asyncio.Redis``, what an async producer would
+await. Its bulk figure is the pipelined floor: LPUSHes in a non-transactional
+pipeline executed every ``PIPELINE_CHUNK`` jobs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import redis
+import redis.asyncio
 
 from bench import recorder
 from bench.systems.common import (
@@ -21,9 +27,11 @@ from bench.systems.common import (
     QUEUE,
     RESULT_TIMEOUT,
     Config,
+    atimed,
     bulk_timed,
     payload,
     sequential,
+    split,
     stop_requested,
     timed,
 )
@@ -41,11 +49,25 @@ def _client(config: Config) -> redis.Redis:
 
 def enqueue(config: Config) -> dict[str, Any]:
     client = _client(config)
+    sync, main_path = split(config)
 
     def send(index: int) -> None:
         client.lpush(QUEUE, json.dumps(payload(DRAIN, index, config.jobs)))
 
-    return {"enqueue": timed(send, range(config.jobs))}
+    sync_rate = timed(send, sync)
+
+    async def send_rest() -> float | None:
+        aclient = redis.asyncio.Redis.from_url(config.redis_url, socket_timeout=POP_TIMEOUT + 5)
+
+        async def asend(index: int) -> None:
+            await aclient.lpush(QUEUE, json.dumps(payload(DRAIN, index, config.jobs)))
+
+        try:
+            return await atimed(asend, main_path)
+        finally:
+            await aclient.aclose()
+
+    return {"enqueue": asyncio.run(send_rest()), "sync_send": sync_rate}
 
 
 def enqueue_bulk(config: Config) -> dict[str, Any]:

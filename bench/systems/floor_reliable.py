@@ -18,10 +18,12 @@ be read. Every job is acked (a record per job), as layerq settles every job.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import redis
+import redis.asyncio
 
 from bench import recorder
 from bench.systems import floor
@@ -33,9 +35,11 @@ from bench.systems.common import (
     QUEUE,
     RESULT_TIMEOUT,
     Config,
+    atimed,
     bulk_timed,
     payload,
     sequential,
+    split,
     stop_requested,
     timed,
 )
@@ -82,14 +86,31 @@ def _job(phase: str, index: int, total: int) -> tuple[str, str]:
 
 
 def enqueue(config: Config) -> dict[str, Any]:
+    """As the floor's: the sync path on ``redis.Redis``, the main one on ``redis.asyncio``."""
     client = _client(config)
     send = client.register_script(SEND)
+    sync, main_path = split(config)
 
     def send_one(index: int) -> None:
         job_id, body = _job(DRAIN, index, config.jobs)
         send(keys=[QUEUE, _record(job_id)], args=[body])
 
-    return {"enqueue": timed(send_one, range(config.jobs))}
+    sync_rate = timed(send_one, sync)
+
+    async def send_rest() -> float | None:
+        aclient = redis.asyncio.Redis.from_url(config.redis_url, socket_timeout=RESULT_TIMEOUT + 5)
+        asend = aclient.register_script(SEND)
+
+        async def asend_one(index: int) -> None:
+            job_id, body = _job(DRAIN, index, config.jobs)
+            await asend(keys=[QUEUE, _record(job_id)], args=[body])
+
+        try:
+            return await atimed(asend_one, main_path)
+        finally:
+            await aclient.aclose()
+
+    return {"enqueue": asyncio.run(send_rest()), "sync_send": sync_rate}
 
 
 def enqueue_bulk(config: Config) -> dict[str, Any]:

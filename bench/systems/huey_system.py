@@ -22,7 +22,9 @@ def noop(phase: str, i: int, n: int) -> float:
 
 
 def enqueue(config: Config) -> dict[str, Any]:
-    return {"enqueue": timed(lambda i: noop(**payload(DRAIN, i, config.jobs)), range(config.jobs))}
+    return {
+        "sync_send": timed(lambda i: noop(**payload(DRAIN, i, config.jobs)), range(config.jobs))
+    }
 
 
 def worker(config: Config) -> None:

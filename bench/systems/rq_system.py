@@ -42,7 +42,7 @@ def enqueue(config: Config) -> dict[str, Any]:
     def send(index: int) -> None:
         queue.enqueue(noop, **payload(DRAIN, index, config.jobs))
 
-    return {"enqueue": timed(send, range(config.jobs))}
+    return {"sync_send": timed(send, range(config.jobs))}
 
 
 def enqueue_bulk(config: Config) -> dict[str, Any]:
