@@ -3,7 +3,8 @@
 For a system with a many-at-once send, first ``enqueue_bulk`` (no worker
 runs) to the bulk queue, in its own subdirectory ``bulk/`` (so a file layer
 such as layerq's SQLite keeps those jobs in a file of their own), then Redis
-is flushed. For a system with a separate worker: ``enqueue`` (no worker
+is flushed; likewise ``enqueue_concurrent`` in ``concurrent/`` for a system
+with an async client. For a system with a separate worker: ``enqueue`` (no worker
 yet); start the worker; wait for the drain stamps its handlers write; run
 ``latency``; wait for its stamps; read the worker's RSS; stop the worker
 (SIGTERM, then SIGKILL of its whole process group). In-process systems run
@@ -61,6 +62,8 @@ class Outcome:
     enqueue: float | None = None  #: jobs/s through the async path (asend(), redis.asyncio, arq)
     sync_send: float | None = None  #: jobs/s through the sync path (send(), redis.Redis, .delay())
     bulk_enqueue: float | None = None  #: jobs/s through the many-at-once call, where there is one
+    #: jobs/s through the async path from ``CONCURRENCY`` coroutines at once
+    concurrent_enqueue: float | None = None
     drain: float | None = None  #: jobs/s, first to last handler start
     start: Percentiles | None = None  #: enqueue -> handler start
     result: Percentiles | None = None  #: enqueue -> producer sees the outcome
@@ -156,7 +159,9 @@ class Runner:
         env = self._env(system, directory)
         outcome = Outcome(system)
         if system.bulk:
-            self._bulk(system, python, directory / "bulk", outcome)
+            self._apart(system, python, directory / "bulk", "enqueue_bulk", outcome)
+        if system.concurrent:
+            self._apart(system, python, directory / "concurrent", "enqueue_concurrent", outcome)
         try:
             if system.in_process:
                 self._inproc(system, python, env, directory, outcome)
@@ -166,16 +171,21 @@ class Runner:
             outcome.error = "; ".join(filter(None, [outcome.error, str(exc)]))
         return outcome
 
-    def _bulk(self, system: System, python: str, directory: Path, outcome: Outcome) -> None:
-        """``enqueue_bulk`` in its own directory, then flush Redis; a failure does not stop
-        the drain, which starts from the same empty state either way."""
+    def _apart(self, system: System, python: str, directory: Path, command: str,
+               outcome: Outcome) -> None:  # fmt: skip
+        """``command`` (``enqueue_bulk``, ``enqueue_concurrent``) in its own directory,
+        then flush Redis; a failure does not stop the drain, which starts from the
+        same empty state either way."""
         directory.mkdir(parents=True, exist_ok=True)
         env = self._env(system, directory)
         try:
-            report = self._command(python, system, "enqueue_bulk", env, 60 + self.config.jobs / 20)
-            outcome.bulk_enqueue = report.get("bulk_enqueue")
+            report = self._command(python, system, command, env, 60 + self.config.jobs / 20)
+            outcome.bulk_enqueue = report.get("bulk_enqueue", outcome.bulk_enqueue)
+            outcome.concurrent_enqueue = report.get(
+                "concurrent_enqueue", outcome.concurrent_enqueue
+            )
         except BenchError as exc:
-            outcome.error = f"bulk: {exc}"
+            outcome.error = "; ".join(filter(None, [outcome.error, f"{command}: {exc}"]))
         finally:
             self.flush()
 

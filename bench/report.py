@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.harness import Outcome, Percentiles
-from bench.systems.common import Config
+from bench.systems.common import CONCURRENCY, Config
 
 FLOOR = "floor"
 #: the layerq row ratios are taken against: Redis when it ran (same transport as the peers)
@@ -35,18 +35,20 @@ def _ms(value: Percentiles | None) -> str:
 def table(outcomes: Sequence[Outcome]) -> str:
     """One row per system; failures keep their row with the reason."""
     lines = [
-        "| system | async enqueue/s | sync enqueue/s | bulk enqueue/s | drain/s"
-        " | enqueue→start ms p50 / p95 / p99 | enqueue→result ms p50 / p95 / p99 | worker RSS MB |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| system | async enqueue/s | sync enqueue/s"
+        f" | async, {CONCURRENCY} at once/s | bulk enqueue/s"
+        " | drain/s | enqueue→start ms p50 / p95 / p99 | enqueue→result ms p50 / p95 / p99"
+        " | worker RSS MB |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for o in outcomes:
         if o.error is not None and o.drain is None:
-            lines.append(f"| {o.system.label} | failed: {o.error} | | | | | | |")
+            lines.append(f"| {o.system.label} | failed: {o.error} | | | | | | | |")
             continue
         rss = "-" if o.rss_mb is None else f"{o.rss_mb:.0f}"
         lines.append(
             f"| {o.system.label} | {_num(o.enqueue)} | {_num(o.sync_send)}"
-            f" | {_num(o.bulk_enqueue)} | {_num(o.drain)}"
+            f" | {_num(o.concurrent_enqueue)} | {_num(o.bulk_enqueue)} | {_num(o.drain)}"
             f" | {_ms(o.start)} | {_ms(o.result)} | {rss} |"
         )
     return "\n".join(lines)
@@ -72,8 +74,8 @@ def ratios(outcomes: Sequence[Outcome]) -> str:
     lines = [
         f"| system | drain ÷ floor | drain ÷ {ref_label} | result p50 ÷ floor"
         f" | result p50 ÷ {ref_label} | async enqueue ÷ floor | sync enqueue ÷ floor"
-        " | bulk enqueue ÷ floor pipelined |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
+        f" | {CONCURRENCY} at once ÷ floor | bulk enqueue ÷ floor pipelined |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for o in outcomes:
         if o.error is not None:
@@ -87,6 +89,7 @@ def ratios(outcomes: Sequence[Outcome]) -> str:
             f" | {_ratio(p50, reference.result.p50 if reference and reference.result else None)}"
             f" | {_ratio(o.enqueue, floor.enqueue if floor else None)}"
             f" | {_ratio(o.sync_send, floor.sync_send if floor else None)}"
+            f" | {_ratio(o.concurrent_enqueue, floor.concurrent_enqueue if floor else None)}"
             f" | {_ratio(o.bulk_enqueue, floor.bulk_enqueue if floor else None)} |"
         )
     return "\n".join(lines)
@@ -119,6 +122,7 @@ def merged(runs: Sequence[Outcome]) -> Outcome:
         enqueue=_median([o.enqueue for o in good]),
         sync_send=_median([o.sync_send for o in good]),
         bulk_enqueue=_median([o.bulk_enqueue for o in good]),
+        concurrent_enqueue=_median([o.concurrent_enqueue for o in good]),
         drain=_median([o.drain for o in good]),
         start=_median_percentiles([o.start for o in good]),
         result=_median_percentiles([o.result for o in good]),
@@ -142,6 +146,10 @@ def _sync_send(o: Outcome) -> float | None:
     return o.sync_send
 
 
+def _concurrent(o: Outcome) -> float | None:
+    return o.concurrent_enqueue
+
+
 def _drain(o: Outcome) -> float | None:
     return o.drain
 
@@ -155,6 +163,7 @@ _ROUND_FIGURES: list[tuple[str, Figure]] = [
     ("result p50", _result_p50),
     ("async enqueue", _enqueue),
     ("sync enqueue", _sync_send),
+    (f"{CONCURRENCY} at once", _concurrent),
     ("drain", _drain),
 ]
 
@@ -259,6 +268,9 @@ def document(
         f"- bulk: before the drain, {config.jobs:,} no-op jobs sent to a separate queue"
         " through the library's many-at-once call where it has one (none run; Redis is"
         " flushed after)",
+        f"- {CONCURRENCY} at once: before the drain, {config.jobs:,} no-op jobs sent to a"
+        f" separate queue through the async client by {CONCURRENCY} coroutines at once,"
+        " each awaiting its sends one after the other (none run; Redis is flushed after)",
         "",
         table(outcomes),
         "",

@@ -23,6 +23,8 @@ class System:
     in_process: bool = False  #: producer and worker share one process (``inproc`` command)
     #: the library has a many-at-once send: the adapter has ``enqueue_bulk``
     bulk: bool = False
+    #: the library has an async client: the adapter has ``enqueue_concurrent``
+    concurrent: bool = False
     note: str = ""  #: how it was configured, printed under the table
 
     def unavailable(self) -> str | None:
@@ -45,6 +47,7 @@ SYSTEMS = [
             " per job; no ack, retries or records"
         ),
         bulk=True,
+        concurrent=True,
     ),
     System(
         "floor-reliable",
@@ -57,6 +60,7 @@ SYSTEMS = [
             " no leases, retries, dead letters, delays, capacity or running state"
         ),
         bulk=True,
+        concurrent=True,
     ),
     System(
         "layerq-sqlite",
@@ -66,6 +70,7 @@ SYSTEMS = [
         note="SQLiteChannelLayer in a temp file; runworker defaults (8 slots, signed, leased);"
         " result via job.result()",
         bulk=True,
+        concurrent=True,
     ),
     System(
         "layerq-inmemory",
@@ -84,6 +89,7 @@ SYSTEMS = [
         "redis",
         note="layerq RedisChannelLayer; runworker defaults; result via job.result()",
         bulk=True,
+        concurrent=True,
     ),
     System(
         "layerq-redis-prefetch",
@@ -136,6 +142,7 @@ SYSTEMS = [
         venv="arq",
         note="max_jobs 10 (default); worker poll_delay 0.5 s and job.result() poll 0.5 s"
         " (defaults)",
+        concurrent=True,
     ),
     System(
         "arq-fastpoll",
@@ -144,6 +151,7 @@ SYSTEMS = [
         "fastpoll",
         venv="arq",
         note="as arq, with worker poll_delay and job.result(poll_delay=) at 10 ms",
+        concurrent=True,
     ),
     System(
         "huey",
@@ -161,6 +169,7 @@ SYSTEMS = [
         note="RedisChannelLayer capacity 100k, expiry 600 s, socket_timeout 30 s (with redis-py"
         " 8's 5 s default an idle runworker dies, channels_redis#422); no results: the"
         " consumer sends a reply message to the producer's channel",
+        concurrent=True,
     ),
 ]
 

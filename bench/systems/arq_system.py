@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 from arq import create_pool
@@ -11,10 +12,13 @@ from arq.worker import run_worker
 
 from bench.recorder import mark
 from bench.systems.common import (
+    BULK,
+    BULK_QUEUE,
     DRAIN,
     LATENCY,
     RESULT_TIMEOUT,
     Config,
+    aconcurrent,
     asequential,
     atimed,
     payload,
@@ -46,6 +50,23 @@ def enqueue(config: Config) -> dict[str, Any]:
         return rate
 
     return {"enqueue": asyncio.run(go())}
+
+
+def enqueue_concurrent(config: Config) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        pool = await create_pool(WorkerSettings.redis_settings)
+
+        def send(index: int) -> Awaitable[object]:
+            return pool.enqueue_job(
+                "noop", **payload(BULK, index, config.jobs), _queue_name=BULK_QUEUE
+            )
+
+        try:
+            return await aconcurrent(send, range(config.jobs))
+        finally:
+            await pool.aclose()
+
+    return asyncio.run(go())
 
 
 def worker(config: Config) -> None:

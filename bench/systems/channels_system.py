@@ -8,6 +8,7 @@ as a sync Django view would call it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import django
@@ -15,10 +16,12 @@ from django.conf import settings
 
 from bench.systems import common
 from bench.systems.common import (
+    BULK,
     DRAIN,
     LATENCY,
     RESULT_TIMEOUT,
     Config,
+    aconcurrent,
     asequential,
     atimed,
     payload,
@@ -86,6 +89,15 @@ def enqueue(config: Config) -> dict[str, Any]:
         )
 
     return {"enqueue": asyncio.run(send_rest()), "sync_send": sync_rate}
+
+
+def enqueue_concurrent(config: Config) -> dict[str, Any]:
+    layer = get_channel_layer()
+
+    def send(index: int) -> Awaitable[None]:
+        return layer.send(common.BULK_QUEUE, _message(BULK, index, config.jobs))
+
+    return asyncio.run(aconcurrent(send, range(config.jobs)))
 
 
 def worker(config: Config) -> None:

@@ -8,6 +8,11 @@ An adapter module runs inside its system's virtualenv as
     send ``jobs`` no-op jobs of phase ``bulk`` to ``BULK_QUEUE`` through the
     library's many-at-once call (no worker runs, none ever listens there);
     report ``{"bulk_enqueue": rate}``. Only systems that have such a call.
+``enqueue_concurrent``
+    send ``jobs`` no-op jobs of phase ``bulk`` to ``BULK_QUEUE`` from
+    ``CONCURRENCY`` coroutines at once, each awaiting its sends one after the
+    other; report ``{"concurrent_enqueue": rate}``. Only systems with an async
+    client.
 ``enqueue``
     send ``jobs`` no-op jobs of phase ``drain`` (no worker runs yet); report rates.
 ``worker``
@@ -23,6 +28,7 @@ imported by every venv.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib
 import importlib.metadata
@@ -44,6 +50,9 @@ DRAIN = "drain"
 LATENCY = "latency"
 #: how long the latency producer waits for one result before giving up
 RESULT_TIMEOUT = 30.0
+#: coroutines sending at once in ``enqueue_concurrent``: the requests an ASGI
+#: server has in flight, each enqueueing a job
+CONCURRENCY = 50
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -105,6 +114,26 @@ async def atimed(send: Callable[[int], Awaitable[object]], indices: Sequence[int
     for index in indices[1:]:
         await send(index)
     return rate(len(indices) - 1, time.perf_counter() - began)
+
+
+async def aconcurrent(
+    send: Callable[[int], Awaitable[object]], indices: Sequence[int]
+) -> dict[str, float | None]:
+    """Send ``indices`` from ``CONCURRENCY`` coroutines, each taking the next index
+    when its last send returned; ``{"concurrent_enqueue": rate}``. As in
+    :func:`timed`, the first send is made alone and not timed."""
+    if len(indices) < 2:
+        return {"concurrent_enqueue": None}
+    await send(indices[0])
+    left = iter(indices[1:])
+
+    async def lane() -> None:
+        for index in left:  # one iterator shared by every lane: each index is sent once
+            await send(index)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(CONCURRENCY)))
+    return {"concurrent_enqueue": rate(len(indices) - 1, time.perf_counter() - began)}
 
 
 def bulk_timed(send_many: Callable[[range], object], config: Config) -> dict[str, float | None]:
@@ -193,6 +222,7 @@ class Adapter(Protocol):
     PACKAGES: Sequence[str]
 
     def enqueue(self, config: Config) -> dict[str, Any]: ...
+    def enqueue_concurrent(self, config: Config) -> dict[str, Any]: ...
     def enqueue_bulk(self, config: Config) -> dict[str, Any]: ...
     def worker(self, config: Config) -> None: ...
     def latency(self, config: Config) -> list[list[float]]: ...
@@ -206,7 +236,10 @@ def main(argv: Sequence[str]) -> None:
     ASGI_APPLICATION, Dramatiq's CLI) find the same module.
     """
     if len(argv) != 2:
-        sys.exit("usage: python -m bench.systems MODULE enqueue|enqueue_bulk|worker|latency|inproc")
+        sys.exit(
+            "usage: python -m bench.systems MODULE"
+            " enqueue|enqueue_bulk|enqueue_concurrent|worker|latency|inproc"
+        )
     name, command = argv
     module = importlib.import_module(f"bench.systems.{name}")
     if not hasattr(module, command):

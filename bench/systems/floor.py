@@ -27,6 +27,7 @@ from bench.systems.common import (
     QUEUE,
     RESULT_TIMEOUT,
     Config,
+    aconcurrent,
     atimed,
     bulk_timed,
     payload,
@@ -68,6 +69,22 @@ def enqueue(config: Config) -> dict[str, Any]:
             await aclient.aclose()
 
     return {"enqueue": asyncio.run(send_rest()), "sync_send": sync_rate}
+
+
+def enqueue_concurrent(config: Config) -> dict[str, Any]:
+    async def run() -> dict[str, Any]:
+        # One client, its connection pool growing to a connection per coroutine.
+        aclient = redis.asyncio.Redis.from_url(config.redis_url, socket_timeout=POP_TIMEOUT + 5)
+
+        async def asend(index: int) -> None:
+            await aclient.lpush(BULK_QUEUE, json.dumps(payload(BULK, index, config.jobs)))
+
+        try:
+            return await aconcurrent(asend, range(config.jobs))
+        finally:
+            await aclient.aclose()
+
+    return asyncio.run(run())
 
 
 def enqueue_bulk(config: Config) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from bench.systems.common import (
     QUEUE,
     RESULT_TIMEOUT,
     Config,
+    aconcurrent,
     atimed,
     bulk_timed,
     payload,
@@ -111,6 +112,23 @@ def enqueue(config: Config) -> dict[str, Any]:
             await aclient.aclose()
 
     return {"enqueue": asyncio.run(send_rest()), "sync_send": sync_rate}
+
+
+def enqueue_concurrent(config: Config) -> dict[str, Any]:
+    async def run() -> dict[str, Any]:
+        aclient = redis.asyncio.Redis.from_url(config.redis_url, socket_timeout=RESULT_TIMEOUT + 5)
+        asend = aclient.register_script(SEND)
+
+        async def asend_one(index: int) -> None:
+            job_id, body = _job(BULK, index, config.jobs)
+            await asend(keys=[BULK_QUEUE, _record(job_id)], args=[body])
+
+        try:
+            return await aconcurrent(asend_one, range(config.jobs))
+        finally:
+            await aclient.aclose()
+
+    return asyncio.run(run())
 
 
 def enqueue_bulk(config: Config) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.systems.layerq_project")
@@ -29,6 +30,7 @@ from bench.systems.common import (
     LATENCY,
     RESULT_TIMEOUT,
     Config,
+    aconcurrent,
     asequential,
     atimed,
     bulk_timed,
@@ -61,6 +63,17 @@ def enqueue(config: Config) -> dict[str, Any]:
         return await atimed(lambda i: noop(**payload(DRAIN, i, config.jobs)).asend(), main_path)
 
     return {"enqueue": asyncio.run(send_rest()), "sync_send": sync_rate}
+
+
+def enqueue_concurrent(config: Config) -> dict[str, Any]:
+    import layerq
+
+    noop = _app().Noop
+
+    def asend(index: int) -> Awaitable[object]:
+        return layerq.asend(common.BULK_QUEUE, noop(**payload(BULK, index, config.jobs)))
+
+    return asyncio.run(aconcurrent(asend, range(config.jobs)))
 
 
 def enqueue_bulk(config: Config) -> dict[str, Any]:
