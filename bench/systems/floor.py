@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
@@ -42,6 +43,7 @@ PACKAGES = ["redis", "hiredis"]
 POP_TIMEOUT = 1
 #: LPUSHes per pipeline execution in ``enqueue_bulk``
 PIPELINE_CHUNK = 1000
+T = TypeVar("T")
 
 
 def _client(config: Config) -> redis.Redis:
@@ -56,35 +58,44 @@ def enqueue(config: Config) -> dict[str, Any]:
         client.lpush(QUEUE, json.dumps(payload(DRAIN, index, config.jobs)))
 
     sync_rate = timed(send, sync)
-
-    async def send_rest() -> float | None:
-        aclient = redis.asyncio.Redis.from_url(config.redis_url, socket_timeout=POP_TIMEOUT + 5)
-
-        async def asend(index: int) -> None:
-            await aclient.lpush(QUEUE, json.dumps(payload(DRAIN, index, config.jobs)))
-
-        try:
-            return await atimed(asend, main_path)
-        finally:
-            await aclient.aclose()
-
-    return {"enqueue": asyncio.run(send_rest()), "sync_send": sync_rate}
+    rate = on_async_client(
+        config, lambda client: atimed(_asend(client, DRAIN, QUEUE, config.jobs), main_path)
+    )
+    return {"enqueue": rate, "sync_send": sync_rate}
 
 
 def enqueue_concurrent(config: Config) -> dict[str, Any]:
-    async def run() -> dict[str, Any]:
-        # One client, its connection pool growing to a connection per coroutine.
-        aclient = redis.asyncio.Redis.from_url(config.redis_url, socket_timeout=POP_TIMEOUT + 5)
+    # One client, its connection pool growing to a connection per coroutine.
+    return on_async_client(
+        config,
+        lambda client: aconcurrent(
+            _asend(client, BULK, BULK_QUEUE, config.jobs), range(config.jobs)
+        ),
+    )
 
-        async def asend(index: int) -> None:
-            await aclient.lpush(BULK_QUEUE, json.dumps(payload(BULK, index, config.jobs)))
 
+def on_async_client(config: Config, run: Callable[[redis.asyncio.Redis], Awaitable[T]]) -> T:
+    """``run(client)`` on a new ``redis.asyncio`` client, in an event loop of its own."""
+
+    async def go() -> T:
+        client = redis.asyncio.Redis.from_url(config.redis_url, socket_timeout=RESULT_TIMEOUT + 5)
         try:
-            return await aconcurrent(asend, range(config.jobs))
+            return await run(client)
         finally:
-            await aclient.aclose()
+            await client.aclose()
 
-    return asyncio.run(run())
+    return asyncio.run(go())
+
+
+def _asend(
+    client: redis.asyncio.Redis, phase: str, queue: str, total: int
+) -> Callable[[int], Awaitable[object]]:
+    """Send job ``index`` of ``phase`` to ``queue`` on the async ``client``."""
+
+    def send(index: int) -> Awaitable[object]:
+        return client.lpush(queue, json.dumps(payload(phase, index, total)))
+
+    return send
 
 
 def enqueue_bulk(config: Config) -> dict[str, Any]:

@@ -18,8 +18,8 @@ be read. Every job is acked (a record per job), as layerq settles every job.
 
 from __future__ import annotations
 
-import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis
@@ -97,38 +97,33 @@ def enqueue(config: Config) -> dict[str, Any]:
         send(keys=[QUEUE, _record(job_id)], args=[body])
 
     sync_rate = timed(send_one, sync)
-
-    async def send_rest() -> float | None:
-        aclient = redis.asyncio.Redis.from_url(config.redis_url, socket_timeout=RESULT_TIMEOUT + 5)
-        asend = aclient.register_script(SEND)
-
-        async def asend_one(index: int) -> None:
-            job_id, body = _job(DRAIN, index, config.jobs)
-            await asend(keys=[QUEUE, _record(job_id)], args=[body])
-
-        try:
-            return await atimed(asend_one, main_path)
-        finally:
-            await aclient.aclose()
-
-    return {"enqueue": asyncio.run(send_rest()), "sync_send": sync_rate}
+    rate = floor.on_async_client(
+        config, lambda client: atimed(_asend(client, DRAIN, QUEUE, config.jobs), main_path)
+    )
+    return {"enqueue": rate, "sync_send": sync_rate}
 
 
 def enqueue_concurrent(config: Config) -> dict[str, Any]:
-    async def run() -> dict[str, Any]:
-        aclient = redis.asyncio.Redis.from_url(config.redis_url, socket_timeout=RESULT_TIMEOUT + 5)
-        asend = aclient.register_script(SEND)
+    return floor.on_async_client(
+        config,
+        lambda client: aconcurrent(
+            _asend(client, BULK, BULK_QUEUE, config.jobs), range(config.jobs)
+        ),
+    )
 
-        async def asend_one(index: int) -> None:
-            job_id, body = _job(BULK, index, config.jobs)
-            await asend(keys=[BULK_QUEUE, _record(job_id)], args=[body])
 
-        try:
-            return await aconcurrent(asend_one, range(config.jobs))
-        finally:
-            await aclient.aclose()
+def _asend(
+    client: redis.asyncio.Redis, phase: str, queue: str, total: int
+) -> Callable[[int], Awaitable[object]]:
+    """Send job ``index`` of ``phase`` to ``queue`` on the async ``client``: its
+    record and the job, in one script call."""
+    script = client.register_script(SEND)
 
-    return asyncio.run(run())
+    def send(index: int) -> Awaitable[object]:
+        job_id, body = _job(phase, index, total)
+        return script(keys=[queue, _record(job_id)], args=[body])
+
+    return send
 
 
 def enqueue_bulk(config: Config) -> dict[str, Any]:
