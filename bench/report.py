@@ -63,8 +63,8 @@ def _ratio(value: float | None, reference: float | None) -> str:
 def ratios(outcomes: Sequence[Outcome]) -> str:
     """Drain rate and result p50 of each system relative to the floor and to layerq,
     async and sync enqueue rates relative to the floor's on the same kind of client
-    (redis.asyncio, redis.Redis), and bulk enqueue rate relative to the floor's (a
-    redis-py pipeline of LPUSH)."""
+    (redis.asyncio, redis.Redis), the concurrent rate to the floor's concurrent rate,
+    and bulk enqueue rate relative to the floor's (a redis-py pipeline of LPUSH)."""
     by_key = {o.system.key: o for o in outcomes if o.error is None}
     floor = by_key.get(FLOOR)
     reference = next((by_key[k] for k in LAYERQ_REFERENCES if k in by_key), None)
