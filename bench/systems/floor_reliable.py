@@ -98,7 +98,7 @@ def enqueue(config: Config) -> dict[str, Any]:
 
     sync_rate = timed(send_one, sync)
     rate = floor.on_async_client(
-        config, lambda client: atimed(_asend(client, DRAIN, QUEUE, config.jobs), main_path)
+        config, lambda aclient: atimed(_asend(aclient, DRAIN, QUEUE, config.jobs), main_path)
     )
     return {"enqueue": rate, "sync_send": sync_rate}
 
@@ -106,8 +106,8 @@ def enqueue(config: Config) -> dict[str, Any]:
 def enqueue_concurrent(config: Config) -> dict[str, Any]:
     return floor.on_async_client(
         config,
-        lambda client: aconcurrent(
-            _asend(client, BULK, BULK_QUEUE, config.jobs), range(config.jobs)
+        lambda aclient: aconcurrent(
+            _asend(aclient, BULK, BULK_QUEUE, config.jobs), range(config.jobs)
         ),
     )
 

@@ -8,9 +8,11 @@ outcome arrives as the ``layerq.job.succeeded`` group notification.
 
 Bulk: ``layerq.send_many(events, channel=BULK_QUEUE)``, the sync call a
 management command or view makes, with every event in one call (layerq
-chunks internally). Concurrent: ``layerq.asend(BULK_QUEUE, event)`` from
-``CONCURRENCY`` coroutines of one event loop. For ``inmemory`` it runs in its own process like the
+chunks internally). For ``inmemory`` it runs in its own process like the
 others, so its jobs vanish with it and never share the drain's process.
+
+Concurrent: ``layerq.asend(BULK_QUEUE, event)`` from ``CONCURRENCY``
+coroutines of one event loop (``sqlite`` and ``redis`` only).
 """
 
 from __future__ import annotations
