@@ -157,9 +157,14 @@ async def take(
         args.append(running)  # (not below 0: RedisChannelLayer._claim_once clamps it)
     call: Call = ("EVALSHA", script, [base], args)
     landed: asyncio.Future[None] | None = None
+    came = False
 
     def late(replies: list[Any] | None) -> None:
         # Its caller gave up before the replies came (None: they never will).
+        # It may run before that caller resumes with the cancel (both in one
+        # loop turn): ``came`` tells it there is then nothing left to wait for.
+        nonlocal came
+        came = True
         if replies is not None:
             _adopt(replies, orphan)
         if landed is not None and not landed.done():
@@ -194,6 +199,8 @@ async def take(
         if not future.cancelled():
             future.add_done_callback(lambda done: _adopt_done(done, orphan))
             waiting: asyncio.Future[Any] = future
+        elif came:
+            raise  # late() has had the replies: their rows are with orphan already
         else:
             waiting = landed = asyncio.get_running_loop().create_future()
         if orphaned is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -72,6 +73,26 @@ async def test_idle_receive_outlasts_its_blocking_timeout(redis_layer: RedisChan
     assert not waiting.done()
     await redis_layer.send("late", {"type": "t"})
     assert await asyncio.wait_for(waiting, 2) == {"type": "t"}
+
+
+async def test_a_receive_cancelled_as_its_reply_is_read_leaves_it_to_the_next(
+    redis_layer: RedisChannelLayer,
+) -> None:
+    """The take's reply read in the loop turn of the cancel, before the cancelled
+    receive resumes: the message goes to the next receive, which does not hang."""
+    await redis_layer.send("race", {"type": "t", "n": 1})
+    assert await redis_layer.pending("race") == 1  # the connection is open and idle
+    task = asyncio.create_task(redis_layer.receive("race"))
+    await asyncio.sleep(0)  # the receive writes its take and waits
+    # Blocking the loop on purpose, so that the take's reply waits in the socket.
+    time.sleep(0.05)  # noqa: ASYNC251
+    # Resumed next turn, ahead of the read of that reply in the same turn: the
+    # cancel below is handled by the receive only after the reply was read.
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await asyncio.wait_for(redis_layer.receive("race"), 2) == {"type": "t", "n": 1}
 
 
 async def test_local_channels_are_read_on_the_right_shard(redis_server: RedisServer) -> None:
