@@ -191,11 +191,15 @@ def _worker() -> None:
 
     from bench.systems import layerq_app
     from layerq import runtime
-    from layerq.layers import redis_conn
     from layerq.management.commands.runworker import Command
 
+    try:
+        from layerq.layers.redis_pipe import _Protocol
+    except ImportError:  # a --tree from before redis_conn was split
+        from layerq.layers.redis_conn import _Protocol  # type: ignore[attr-defined,no-redef]
+
     stamps = {"read": 0.0, "handle": 0.0}
-    received = redis_conn._Protocol.data_received
+    received = _Protocol.data_received
     handle = runtime.Worker._handle
 
     def stamped_received(self: Any, data: bytes) -> None:
@@ -211,7 +215,7 @@ def _worker() -> None:
         # the difference between the first and the last measured job.
         return [stamps["read"], stamps["handle"], time.time(), time.process_time()]
 
-    redis_conn._Protocol.data_received = stamped_received  # type: ignore[method-assign]
+    _Protocol.data_received = stamped_received  # type: ignore[method-assign]
     runtime.Worker._handle = stamped_handle  # type: ignore[method-assign]
     layerq_app.mark = mark  # type: ignore[assignment]
     call_command(Command(), "bench", log_format="json")

@@ -12,9 +12,11 @@ Lua script, so a crash between two commands cannot duplicate or lose a message.
 
 Configuration, connections per event loop and the script calls:
 :mod:`layerq.layers.redis_base`. Waiting and cancellation:
-:mod:`layerq.layers.redis_wait`.
+:mod:`layerq.layers.redis_wait`. Job records and dead letters:
+:mod:`layerq.layers.redis_records`.
 
-Connections and faults: :mod:`layerq.layers.redis_conn`. Connection errors
+Connections and faults: :mod:`layerq.layers.redis_conn` (sync) and
+:mod:`layerq.layers.redis_pipe` (asyncio). Connection errors
 are retried (bounded, jittered backoff, reconnecting as needed); past the
 bound an operation raises :class:`~layerq.errors.TransportError`. ``claim``
 keeps retrying until its ``wait`` has passed and only then raises
@@ -34,16 +36,16 @@ from redis.exceptions import NoScriptError
 
 from .. import clock
 from ..errors import QueueFull, TransportError
-from ..jobs import JobRecord
 from . import redis_codec as codec
 from . import redis_keys as keys
 from . import redis_wait as waits
-from .base import DeadLetter, Delivery, Queued, Started, stored_so_far
-from .redis_base import RedisBase
-from .redis_conn import BLOCK_MAX, AsyncPipe, Call, check, transport_errors
+from .base import Delivery, Queued, Started, stored_so_far
+from .redis_conn import BLOCK_MAX, Call, check, transport_errors
+from .redis_pipe import AsyncPipe
+from .redis_records import RedisRecords
 
 
-class RedisChannelLayer(RedisBase):
+class RedisChannelLayer(RedisRecords):
     """A Channels layer on one or more Redis servers, with leases and job records."""
 
     # --- Channels layer spec ------------------------------------------------
@@ -494,141 +496,6 @@ class RedisChannelLayer(RedisBase):
         info = codec.encode_value([reason, clock.now(), delivery.job_id])
         group, tail = self._final(delivery, "dead", ttl, error_type, error_message, info)
         return await self._settle(delivery, "dead_letter", group, tail)
-
-    # --- records ------------------------------------------------------------------
-
-    async def set_progress(self, job_id: str, progress: float, message: str | None) -> None:
-        """Store a running job's progress (ignored when it has no record)."""
-        channel = await self._locate(job_id)
-        if channel is None:
-            return
-        key = keys.record_key(self.prefix, channel, job_id)
-        args = [codec.number(progress), "0" if message is None else "1", message or ""]
-        with transport_errors("set_progress"):
-            await self._pipe(self._host(channel)).call(
-                [("EVALSHA", self._scripts["progress"], [key], args)]
-            )
-
-    async def get_record(self, job_id: str) -> JobRecord | None:
-        """The job's record, or None."""
-        channel = await self._locate(job_id)
-        if channel is None:
-            return None
-        where = self._record_keys(channel, job_id)
-        with transport_errors("get_record"):
-            replies = await self._pipe(self._host(channel)).call(waits.read_record_calls(where))
-        return waits.decode_read(where, *replies)
-
-    def get_record_sync(self, job_id: str) -> JobRecord | None:
-        """:meth:`get_record` from sync code."""
-        channel = self._locate_sync(job_id)
-        if channel is None:
-            return None
-        where = self._record_keys(channel, job_id)
-        with transport_errors("get_record"):
-            replies = self._sync(self._host(channel)).call(waits.read_record_calls(where))
-        return waits.decode_read(where, *replies)
-
-    async def wait_record(self, job_id: str, timeout: float | None) -> JobRecord | None:
-        """The record once the job ended (woken by its end, no polling), or at ``timeout``."""
-        channel = await self._locate(job_id)
-        if channel is None:
-            return None
-        pool = self._state().pools[self._host(channel)]
-        where = self._record_keys(channel, job_id)
-        with transport_errors("wait_record"):
-            return await waits.wait_record(pool, self._scripts["watch"], where, timeout)
-
-    def wait_record_sync(self, job_id: str, timeout: float | None) -> JobRecord | None:
-        """:meth:`wait_record` from sync code."""
-        channel = self._locate_sync(job_id)
-        if channel is None:
-            return None
-        pipe = self._sync(self._host(channel))
-        where = self._record_keys(channel, job_id)
-        with transport_errors("wait_record"):
-            return waits.wait_record_sync(pipe, self._scripts["watch"], where, timeout)
-
-    async def cancel(self, job_id: str) -> bool:
-        """Remove a job still waiting (not leased); record cancelled."""
-        channel = await self._locate(job_id)
-        if channel is None:
-            return False
-        pipe = self._pipe(self._host(channel))
-        with transport_errors("cancel"):
-            (payload,) = await pipe.call([self._payload_call(channel, job_id)])
-            if payload is None:
-                return False  # not stored: ended, or never sent
-            script, expire = self._cancel_calls(channel, job_id, payload)
-            (cancelled,) = await pipe.call([script])
-            if cancelled:
-                await pipe.call([expire])
-        return bool(cancelled)
-
-    def cancel_sync(self, job_id: str) -> bool:
-        """:meth:`cancel` from sync code."""
-        channel = self._locate_sync(job_id)
-        if channel is None:
-            return False
-        pipe = self._sync(self._host(channel))
-        with transport_errors("cancel"):
-            (payload,) = pipe.call([self._payload_call(channel, job_id)])
-            if payload is None:
-                return False
-            script, expire = self._cancel_calls(channel, job_id, payload)
-            (cancelled,) = pipe.call([script])
-            if cancelled:
-                pipe.call([expire])
-        return bool(cancelled)
-
-    # --- dead letters ---------------------------------------------------------------
-
-    async def dead_letters(self, channel: str, limit: int = 100) -> list[DeadLetter]:
-        """The oldest ``limit`` dead letters of ``channel``."""
-        self.require_valid_channel_name(channel)
-        index, base = self._base(channel)
-        pipe = self._pipe(index)
-        with transport_errors("dead_letters"):
-            (ids,) = await pipe.call([("ZRANGE", f"{base}:deadq", 0, max(0, limit - 1))])
-            if not ids:
-                return []
-            payloads, infos = await pipe.call(
-                [("HMGET", f"{base}:dead", *ids), ("HMGET", f"{base}:deadinfo", *ids)]
-            )
-        return [
-            codec.dead_letter(channel, raw_id, payload, info)
-            for raw_id, payload, info in zip(ids, payloads, infos, strict=True)
-        ]
-
-    async def requeue_dead(self, channel: str, ids: Sequence[str] | None = None) -> int:
-        """Send dead letters (all, or ``ids``) back to ``channel`` from attempt 1."""
-        self.require_valid_channel_name(channel)
-        index, base = self._base(channel)
-        pipe = self._pipe(index)
-        script = self._scripts["requeue"]
-        todo = None if ids is None else list(ids)
-        count = 0
-        with transport_errors("requeue_dead"):
-            # The script requeues up to 1000 at a time: the named ids, or the oldest.
-            while todo is None or todo:
-                chosen, todo = ([], None) if todo is None else (todo[:1000], todo[1000:])
-                args = [codec.number(clock.now()), *chosen]
-                (done,) = await pipe.call([("EVALSHA", script, [base], args)])
-                jobs = [codec.text(raw) for raw in done if not raw.startswith(b".")]
-                if jobs:
-                    await pipe.call([("PERSIST", keys.locator_key(self.prefix, j)) for j in jobs])
-                count += len(done)
-                if ids is None and len(done) < 1000:
-                    break
-        return count
-
-    async def pending(self, channel: str) -> int:
-        """Messages stored for ``channel``: ready, delayed and leased."""
-        self.require_valid_channel_name(channel)
-        index, base = self._base(channel)
-        with transport_errors("pending"):
-            (count,) = await self._pipe(index).call([("HLEN", f"{base}:msg")])
-        return int(count)
 
 
 #: jobs stored per round trip by enqueue_many: bounds the memory of one write

@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import clock
-from ..conf import get_settings
 from ..errors import ConfigurationError
 from . import redis_codec as codec
 from . import redis_keys as keys
 from . import redis_wait as waits
 from .base import EXTENSION, Delivery, Queued, QueueLayer
-from .redis_conn import AsyncPipe, Call, SyncPipe, Target, transport_errors
+from .redis_conn import Call, SyncPipe, Target
+from .redis_pipe import AsyncPipe
 
 #: job id -> channel, for jobs this process sent or claimed; cleared when full
 _CHANNEL_CACHE_SIZE = 10_000
@@ -183,7 +183,7 @@ class RedisBase(QueueLayer):
         group.append(delivery.record)
         return group, [("PEXPIRE", keys.locator_key(self.prefix, delivery.job_id), ttl_ms)]
 
-    # --- connections and records ----------------------------------------------
+    # --- connections ------------------------------------------------------------
 
     async def close(self) -> None:
         """Stop local readers and close this loop's connections (and the sync ones)."""
@@ -198,54 +198,3 @@ class RedisBase(QueueLayer):
             pipe.close()
 
     close_pools = close  # the channels_redis name
-
-    async def _locate(self, job_id: str) -> str | None:
-        """The (non-local) channel of ``job_id``, from memory or the locator keys."""
-        cached = self._job_channels.get(job_id)
-        if cached is not None:
-            return cached
-        state = self._state()
-        key = keys.locator_key(self.prefix, job_id)
-        with transport_errors("get_record"):
-            found = await asyncio.gather(*(pipe.call([("GET", key)]) for pipe in state.pipes))
-        for (channel,) in found:
-            if channel is not None:
-                return codec.text(channel)
-        return None
-
-    def _locate_sync(self, job_id: str) -> str | None:
-        cached = self._job_channels.get(job_id)
-        if cached is not None:
-            return cached
-        key = keys.locator_key(self.prefix, job_id)
-        with transport_errors("get_record"):
-            for index in range(len(self.hosts)):
-                (channel,) = self._sync(index).call([("GET", key)])
-                if channel is not None:
-                    return codec.text(channel)
-        return None
-
-    def _record_keys(self, channel: str, job_id: str) -> waits.RecordKeys:
-        return waits.RecordKeys(
-            job_id,
-            channel,
-            keys.record_key(self.prefix, channel, job_id),
-            keys.done_key(self.prefix, channel, job_id),
-            keys.messages_key(self.prefix, channel),
-        )
-
-    def _payload_call(self, channel: str, job_id: str) -> Call:
-        """Read the stored message of ``job_id``: its record's fixed fields, for a cancel."""
-        return ("HGET", keys.messages_key(self.prefix, channel), job_id)
-
-    def _cancel_calls(self, channel: str, job_id: str, payload: bytes) -> tuple[Call, Call]:
-        """The cancel script for the job stored as ``payload``, and the locator's
-        expiry to run once it cancelled."""
-        ttl = codec.milliseconds(get_settings().result_ttl)
-        fixed = codec.packed_record_pairs(payload, channel)
-        args = [job_id, codec.number(clock.now()), ttl, fixed]
-        base = keys.channel_base(self.prefix, channel)
-        return (
-            ("EVALSHA", self._scripts["cancel"], [base], args),
-            ("PEXPIRE", keys.locator_key(self.prefix, job_id), ttl),
-        )

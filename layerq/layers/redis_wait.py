@@ -29,18 +29,9 @@ from redis.exceptions import NoScriptError
 from .. import clock
 from ..jobs import JobRecord
 from .redis_codec import LOCAL_CHANNEL_KEY, decode_message, decode_record, number, pairs
-from .redis_conn import (
-    BLOCK_MAX,
-    AsyncPipe,
-    BlockingPool,
-    Call,
-    Early,
-    Late,
-    SyncPipe,
-    Target,
-    check,
-)
+from .redis_conn import BLOCK_MAX, Call, SyncPipe, Target, check
 from .redis_keys import Script
+from .redis_pipe import AsyncPipe, BlockingPool, Early, Late
 
 log = structlog.get_logger("layerq")
 

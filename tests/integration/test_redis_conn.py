@@ -19,8 +19,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from layerq.errors import ConfigurationError, TransportError
 from layerq.layers import redis_conn
 from layerq.layers.redis import RedisChannelLayer
-from layerq.layers.redis_conn import AsyncPipe, BlockingPool, SyncPipe, Target
+from layerq.layers.redis_conn import SyncPipe, Target
 from layerq.layers.redis_keys import Host, parse_hosts
+from layerq.layers.redis_pipe import AsyncPipe, BlockingPool
 from layerq.testing import RedisServer, free_port
 from tests.integration.test_redis import job
 
