@@ -8,7 +8,8 @@ jobs, and settles each delivery: ack with the result, retry with backoff, or
 dead-letter with the reason. Prefetched deliveries start as slots free, without
 a round trip; the claim that refills them is in flight while jobs run. Stopping
 is graceful: no new claims; running jobs get ``shutdown_timeout`` seconds; the
-rest (prefetched ones included) go back.
+rest (prefetched ones included) go back. How a handler is called (its timeout,
+the thread pool): :mod:`layerq.handlers`.
 """
 
 from __future__ import annotations
@@ -18,18 +19,12 @@ import contextlib
 import contextvars
 import dataclasses
 import random
-import sys
 import time
-import types
 from collections import deque
-from collections.abc import Awaitable, Coroutine, Generator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextvars import Context
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from asgiref.sync import iscoroutinefunction
-from django.db import close_old_connections
 
 from . import clock, signing
 from .conf import Settings, get_settings
@@ -37,6 +32,7 @@ from .consumers import UnknownEventType, _WorkerMixin, find_handler
 from .context import JobContext, current_job
 from .errors import InvalidEvent, Retry
 from .events import Envelope, check_plain, read_envelope
+from .handlers import HandlerRunner, job_task
 from .layers import Delivery, get_layer, is_queue_layer
 from .notify import job_event
 from .routing import Route, resolve
@@ -57,71 +53,10 @@ def backoff(attempt: int, settings: Settings) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-async def _within(awaitable: Awaitable[Any], deadline: float | None) -> Any:
-    """Await ``awaitable`` in the current task; TimeoutError once the loop's clock
-    passes ``deadline`` (None: no limit).
-
-    What ``asyncio.timeout_at`` does, for a quarter of its cost (one timer, no
-    context manager): it is paid once per job.
-    """
-    if deadline is None:
-        return await awaitable
-    task = asyncio.current_task()
-    assert task is not None
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        task.cancel()
-
-    timer = asyncio.get_running_loop().call_at(deadline, expire)
-    try:
-        return await awaitable
-    except asyncio.CancelledError:
-        # Our own cancellation becomes the timeout; any other (shutdown) stands.
-        if expired and task.uncancel() == 0:
-            raise TimeoutError from None
-        raise
-    finally:
-        timer.cancel()
-
-
 def _micros(seconds: float) -> float:
     """``seconds`` (not below 0) to the nearest microsecond, for a log line: as
     ``round(seconds, 6)``, for a fifth of its cost (paid twice a job)."""
     return round(max(0.0, seconds) * 1e6) / 1e6
-
-
-class _Resumed:
-    """The rest of a coroutine whose first step has run (and yielded ``first``),
-    as an awaitable: awaiting it goes on where the step stopped, as ``await
-    coroutine`` would have, passing values, exceptions and cancellation through."""
-
-    __slots__ = ("_coroutine", "_first")
-
-    def __init__(self, coroutine: Coroutine[Any, Any, Any], first: Any) -> None:
-        self._coroutine = coroutine
-        self._first = first
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coroutine, step = self._coroutine, self._first
-        while True:
-            try:
-                sent = yield step
-            except GeneratorExit:
-                coroutine.close()
-                raise
-            except BaseException as exc:  # cancellation included: the coroutine decides
-                try:
-                    step = coroutine.throw(exc)
-                except StopIteration as done:
-                    return done.value
-            else:
-                try:
-                    step = coroutine.send(sent)
-                except StopIteration as done:
-                    return done.value
 
 
 class _Rejected(Exception):
@@ -133,22 +68,6 @@ class _Running:
     delivery: Delivery
     task: asyncio.Task[None] = dataclasses.field(init=False)  #: set once it is created
     settled: bool = False
-
-
-if sys.version_info >= (3, 12):
-
-    def _job_task(coroutine: Coroutine[Any, Any, None], context: Context) -> asyncio.Task[None]:
-        """A job's task, its first step run at once: up to the handler's first wait,
-        without a loop turn in between (the worker starts jobs as their claim's
-        reply is read, see Worker._take_early)."""
-        loop = asyncio.get_running_loop()
-        return asyncio.Task(coroutine, loop=loop, context=context, eager_start=True)
-
-else:
-
-    def _job_task(coroutine: Coroutine[Any, Any, None], context: Context) -> asyncio.Task[None]:
-        """A job's task (eager start needs Python 3.12: here its first step is next turn)."""
-        return asyncio.get_running_loop().create_task(coroutine, context=context)
 
 
 class Worker:
@@ -199,8 +118,7 @@ class Worker:
         self._stopping = False
         self._hard_stop = False
         self._stop_now = asyncio.Event()  #: set by a second stop: end the grace period
-        self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="layerq-job")
-        self._is_async: dict[Any, bool] = {}  # handler function -> async def?
+        self._handlers = HandlerRunner(concurrency)
         self._retry_due = 0.0  # monotonic time the last retry this worker scheduled is due
         self.processed = 0
         #: structlog's lazy proxy until run() binds the logger as configured then
@@ -249,7 +167,7 @@ class Worker:
                 await heartbeat
             await self._drain()
             await self.source.close()
-            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._handlers.close()
         self._log.info("worker.stopped", processed=self.processed)
         return EXIT_OK
 
@@ -303,7 +221,7 @@ class Worker:
         self._slots.add(delivery.id)
         if not delivery.marked_running:
             self._mark_running(delivery)
-        running.task = _job_task(self._handle(delivery), self._context.copy())
+        running.task = job_task(self._handle(delivery), self._context.copy())
 
     def _mark_running(self, delivery: Delivery) -> None:
         """Have a prefetched job's record say it runs, as its claim left it as it
@@ -454,7 +372,7 @@ class Worker:
         began = time.monotonic()
         current_job.set(job)
         try:
-            result = await self._call(handler, argument, timeout)
+            result = await self._handlers.call(handler, argument, timeout)
             check_plain(result, "result")
         except Retry as request:
             await self._failed(delivery, job, "Retry", request.reason, began, delay=request.delay)
@@ -500,43 +418,6 @@ class Worker:
         except (InvalidEvent, UnknownEventType) as exc:
             raise _Rejected(f"{type(exc).__name__}: {exc}") from exc
         return envelope, handler, argument
-
-    async def _call(self, handler: Any, argument: Any, timeout: float | None) -> Any:
-        function = getattr(handler, "__func__", handler)
-        is_async = self._is_async.get(function)
-        if is_async is None:
-            # asgiref's test: it also knows functions marked as coroutine functions
-            # (markcoroutinefunction, sync_to_async) on Python 3.11.
-            is_async = self._is_async[function] = iscoroutinefunction(handler)
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        if is_async:
-            coroutine = handler(argument)
-            if type(coroutine) is not types.CoroutineType:
-                # A function marked as a coroutine function that returns another
-                # awaitable (markcoroutinefunction): awaited as it is.
-                return await _within(coroutine, deadline)
-            try:
-                # Its first step runs here, before any timer is set: a handler
-                # that never waits finishes in it, and no timer could have
-                # stopped that step anyway (it fires only at a wait).
-                first = coroutine.send(None)
-            except StopIteration as done:
-                return done.value
-            return await _within(_Resumed(coroutine, first), deadline)
-
-        def run() -> Any:
-            close_old_connections()
-            try:
-                return handler(argument)
-            finally:
-                close_old_connections()
-
-        context = contextvars.copy_context()
-        future = loop.run_in_executor(self._threads, context.run, run)
-        # A thread cannot be stopped: on timeout the job fails and the thread
-        # finishes on its own (its late result is discarded).
-        return await _within(future, deadline)
 
     # --- outcomes ---------------------------------------------------------------
 
