@@ -83,3 +83,26 @@ async def test_a_cancel_before_the_task_resumes_reaches_the_job_where_it_waits()
         await task
     assert seen == ["cancelled at its wait"]
     assert task.cancelled()
+
+
+def test_a_job_task_starts_at_once_on_uvloop() -> None:
+    """On uvloop (uvicorn's default loop) too, the first step runs inside
+    job_task as the new task, and the task carries on from there."""
+    import uvloop  # a dev dependency: the test fails, never skips, without it
+
+    async def scenario() -> None:
+        seen: list[object] = []
+
+        async def job() -> None:
+            seen.append(asyncio.current_task())
+            await asyncio.sleep(0)
+            seen.append(asyncio.current_task())
+
+        task = job_task(job(), contextvars.copy_context())
+        assert seen == [task]
+        await task
+        assert seen == [task, task]
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert type(runner.get_loop()).__module__.startswith("uvloop")
+        runner.run(scenario())
