@@ -209,6 +209,10 @@ class _Started:
             raise StopIteration(self._outcome)  # it ended before the throw could reach it
         if state == _RAISED:
             raise self._outcome
+        if state == _YIELDED and asyncio.isfuture(self._outcome):
+            # A cancel before the task resumed: the task never saw the future the
+            # step waits on, which Task.cancel would have cancelled too.
+            self._outcome.cancel()
         return self._coroutine.throw(*exc)
 
     def close(self) -> None:

@@ -66,7 +66,7 @@ async def test_a_job_that_ends_in_its_first_step_gives_its_task_the_end() -> Non
 async def test_a_cancel_before_the_task_resumes_reaches_the_job_where_it_waits() -> None:
     """Cancelled after its first step, before its task ran again: the job sees
     the cancellation at the wait it stopped at, may clean up, and the task ends
-    cancelled."""
+    cancelled, the future it waited on cancelled too."""
     seen: list[str] = []
     blocker = asyncio.get_running_loop().create_future()
 
@@ -83,6 +83,7 @@ async def test_a_cancel_before_the_task_resumes_reaches_the_job_where_it_waits()
         await task
     assert seen == ["cancelled at its wait"]
     assert task.cancelled()
+    assert blocker.cancelled()  # as Task.cancel does to the future a task waits on
 
 
 def test_a_job_task_starts_at_once_on_uvloop() -> None:
