@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
@@ -58,23 +58,36 @@ def enqueue(config: Config) -> dict[str, Any]:
         client.lpush(QUEUE, json.dumps(payload(DRAIN, index, config.jobs)))
 
     sync_rate = timed(send, sync)
-    rate = on_async_client(
-        config, lambda aclient: atimed(_asend(aclient, DRAIN, QUEUE, config.jobs), main_path)
-    )
-    return {"enqueue": rate, "sync_send": sync_rate}
+    return {"enqueue": async_enqueue(config, _asend, main_path), "sync_send": sync_rate}
 
 
 def enqueue_concurrent(config: Config) -> dict[str, Any]:
-    # One client, its connection pool growing to a connection per coroutine.
-    return on_async_client(
+    return concurrent_enqueue(config, _asend)
+
+
+#: (async client, phase, queue, total) -> the send of job ``index`` of ``phase``
+MakeSend = Callable[[redis.asyncio.Redis, str, str, int], Callable[[int], Awaitable[object]]]
+
+
+def async_enqueue(config: Config, make_send: MakeSend, indices: Sequence[int]) -> float | None:
+    """The rate of sending drain jobs ``indices`` one after another on an async client."""
+    return _on_async_client(
+        config, lambda aclient: atimed(make_send(aclient, DRAIN, QUEUE, config.jobs), indices)
+    )
+
+
+def concurrent_enqueue(config: Config, make_send: MakeSend) -> dict[str, Any]:
+    """The concurrent phase: ``config.jobs`` sends from many coroutines on one
+    async client (its connection pool growing to a connection per coroutine)."""
+    return _on_async_client(
         config,
         lambda aclient: aconcurrent(
-            _asend(aclient, BULK, BULK_QUEUE, config.jobs), range(config.jobs)
+            make_send(aclient, BULK, BULK_QUEUE, config.jobs), range(config.jobs)
         ),
     )
 
 
-def on_async_client(config: Config, run: Callable[[redis.asyncio.Redis], Awaitable[T]]) -> T:
+def _on_async_client(config: Config, run: Callable[[redis.asyncio.Redis], Awaitable[T]]) -> T:
     """``run(client)`` on a new ``redis.asyncio`` client, in an event loop of its own."""
 
     async def go() -> T:

@@ -35,8 +35,6 @@ from bench.systems.common import (
     QUEUE,
     RESULT_TIMEOUT,
     Config,
-    aconcurrent,
-    atimed,
     bulk_timed,
     payload,
     sequential,
@@ -97,19 +95,11 @@ def enqueue(config: Config) -> dict[str, Any]:
         send(keys=[QUEUE, _record(job_id)], args=[body])
 
     sync_rate = timed(send_one, sync)
-    rate = floor.on_async_client(
-        config, lambda aclient: atimed(_asend(aclient, DRAIN, QUEUE, config.jobs), main_path)
-    )
-    return {"enqueue": rate, "sync_send": sync_rate}
+    return {"enqueue": floor.async_enqueue(config, _asend, main_path), "sync_send": sync_rate}
 
 
 def enqueue_concurrent(config: Config) -> dict[str, Any]:
-    return floor.on_async_client(
-        config,
-        lambda aclient: aconcurrent(
-            _asend(aclient, BULK, BULK_QUEUE, config.jobs), range(config.jobs)
-        ),
-    )
+    return floor.concurrent_enqueue(config, _asend)
 
 
 def _asend(
