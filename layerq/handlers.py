@@ -175,7 +175,11 @@ class _Started:
     """A coroutine whose first step may have run already (see job_task on 3.11),
     as a coroutine for a task: the task's first ``send`` gives what that step
     yielded, returned or raised; after that, and for a ``throw`` (cancellation)
-    before it, everything goes to the coroutine as it would have."""
+    before it, everything goes to the coroutine as it would have.
+
+    Not :class:`_Resumed` awaited by an ``async def``: a task cancelled before
+    its first step throws into that unstarted wrapper, which ends without
+    passing the cancellation on to the coroutine waiting inside it."""
 
     __slots__ = ("_coroutine", "_outcome", "_state")
 
