@@ -92,6 +92,12 @@ async def layer(layer_settings: dict[str, Any]) -> AsyncIterator[Any]:
         await close()
 
 
+@pytest.fixture
+def sync_layer(layer_settings: dict[str, Any]) -> Any:
+    """The default layer of this test's backend, for a test in sync code."""
+    return get_channel_layer()
+
+
 @contextlib.asynccontextmanager
 async def running_worker(channels: list[str], **options: Any) -> AsyncIterator[Worker]:
     """A Worker running in this event loop until the block ends."""

@@ -42,6 +42,12 @@ else:
     CHANNEL_LAYERS = {
         "default": {"BACKEND": "layerq.layers.SQLiteChannelLayer", "CONFIG": {"path": _layer_db}}
     }
+TASKS = {
+    "default": {
+        "BACKEND": "layerq.tasks.LayerqBackend",
+        "QUEUES": ["default", "other"],
+    }
+}
 LAYERQ = {
     "lease": float(os.environ.get("LAYERQ_TEST_LEASE", "30")),
     "backoff": 0.05,

@@ -9,6 +9,7 @@ from django.urls import path
 django.setup()
 
 import layerq  # noqa: E402
+from layerq.tasks import TaskWorker  # noqa: E402
 
 from .consumers import MathWorker, SlowWorker, SyncWorker  # noqa: E402
 
@@ -23,6 +24,8 @@ application = ProtocolTypeRouter(
                 "math": MathWorker.as_asgi(),
                 "slow": SlowWorker.as_asgi(),
                 "sync": SyncWorker.as_asgi(),
+                "tasks.default": TaskWorker.as_asgi(),
+                "tasks.other": TaskWorker.as_asgi(),
             }
         ),
     }

@@ -13,14 +13,6 @@ from layerq.jobs import JobStatus
 from tests.app.events import Add
 
 
-@pytest.fixture
-def sync_layer(layer_settings: Any) -> Any:
-    """The default layer, from sync code."""
-    from channels.layers import get_channel_layer
-
-    return get_channel_layer()
-
-
 def test_sync_send_returns_a_job_with_its_id_and_record(sync_layer: Any) -> None:
     """send() from sync code stores the job and returns its id at once."""
     job = Add(a=1, b=2).send()

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import layerq
+import layerq.tasks
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -17,14 +18,16 @@ def test_every_public_name_exists() -> None:
 
 
 def test_every_public_name_is_documented_in_the_readme() -> None:
-    """The README shows each public name in code (a fenced block or `inline`), not
-    merely as a word of its prose ("send", "Job" and "Event" are English too)."""
+    """The README shows each public name of layerq and layerq.tasks in code (a fenced
+    block or `inline`), not merely as a word of its prose ("send", "Job" and "Event"
+    are English too)."""
     text = README.read_text()
     code = "\n".join(
         re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M)
         + re.findall(r"`([^`\n]+)`", text)
     )
-    undocumented = [name for name in layerq.__all__ if not re.search(rf"\b{name}\b", code)]
+    public = [*layerq.__all__, *layerq.tasks.__all__]
+    undocumented = [name for name in public if not re.search(rf"\b{name}\b", code)]
     assert undocumented == []
 
 
