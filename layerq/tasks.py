@@ -6,7 +6,10 @@
 and run by ``runworker``, calls the function: a plain one in the worker's
 thread pool, an ``async def`` one in its event loop. The job gets what every
 layerq job gets: a lease, retries with backoff, a dead letter after the last
-attempt, a record with its result.
+attempt, a record. Its type is ``"layerq.task."`` and the task's module path
+(what its log lines and record show); the message holds the call's arguments,
+and once it succeeded the record's result holds them with the return value,
+so ``get_result()`` can tell the whole TaskResult at any time.
 
 Django 6 has ``django.tasks``; on Django 5.2 the ``django-tasks`` backport
 provides the same API, and this module uses whichever is installed.
@@ -14,48 +17,60 @@ provides the same API, and this module uses whichever is installed.
 
 from __future__ import annotations
 
+import builtins
 import os
 import socket
-from datetime import datetime, timedelta
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from asgiref.sync import iscoroutinefunction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from .consumers import AsyncWorkerConsumer
-from .context import JobContext
-from .events import Event
-from .jobs import Job
+from .consumers import AsyncWorkerConsumer, UnknownEventType
+from .errors import InvalidEvent, JobCancelled
+from .jobs import Job, JobRecord, JobStatus
+from .layers import require_queue_layer
 from .layers.base import require_valid_channel_name
 from .producer import asend, send
 
 if TYPE_CHECKING:
     from django_tasks import TaskContext, TaskResult, TaskResultStatus
     from django_tasks.backends.base import BaseTaskBackend
-    from django_tasks.base import Task
+    from django_tasks.base import Task, TaskError
     from django_tasks.exceptions import InvalidTaskBackendError as InvalidTaskBackend
     from django_tasks.exceptions import InvalidTaskError as InvalidTask
+    from django_tasks.exceptions import TaskResultDoesNotExist
     from django_tasks.signals import task_enqueued, task_finished, task_started
     from django_tasks.utils import normalize_json
 else:
     try:  # Django 6
         from django.tasks import TaskContext, TaskResult, TaskResultStatus
         from django.tasks.backends.base import BaseTaskBackend
-        from django.tasks.base import Task
-        from django.tasks.exceptions import InvalidTask, InvalidTaskBackend
+        from django.tasks.base import Task, TaskError
+        from django.tasks.exceptions import (
+            InvalidTask,
+            InvalidTaskBackend,
+            TaskResultDoesNotExist,
+        )
         from django.tasks.signals import task_enqueued, task_finished, task_started
         from django.utils.json import normalize_json
     except ImportError:  # Django 5.2 and the django-tasks backport
         from django_tasks import TaskContext, TaskResult, TaskResultStatus
         from django_tasks.backends.base import BaseTaskBackend
-        from django_tasks.base import Task
+        from django_tasks.base import Task, TaskError
         from django_tasks.exceptions import InvalidTaskBackendError as InvalidTaskBackend
         from django_tasks.exceptions import InvalidTaskError as InvalidTask
+        from django_tasks.exceptions import TaskResultDoesNotExist
         from django_tasks.signals import task_enqueued, task_finished, task_started
         from django_tasks.utils import normalize_json
 
-__all__ = ["AsyncTaskCall", "LayerqBackend", "TaskCall", "TaskWorker"]
+__all__ = ["TYPE_PREFIX", "LayerqBackend", "TaskWorker"]
+
+#: a task's job type: this, then the task's module path
+TYPE_PREFIX = "layerq.task."
 
 #: the OPTIONS a LayerqBackend takes, and their defaults
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -65,18 +80,35 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "timeout": None,  # seconds a call may run (None: LAYERQ's)
 }
 
+#: the statuses of a job whose message the layer no longer holds
+_NOT_HELD = frozenset({JobStatus.SUCCEEDED, JobStatus.CANCELLED})
 
-class TaskCall(Event, type="layerq.task"):
-    """The job of a plain task function: which task, and its arguments."""
+#: a job's status as a TaskResult's
+_STATUSES = {
+    JobStatus.QUEUED: TaskResultStatus.READY,
+    JobStatus.RETRYING: TaskResultStatus.READY,
+    JobStatus.RUNNING: TaskResultStatus.RUNNING,
+    JobStatus.SUCCEEDED: TaskResultStatus.SUCCESSFUL,
+    JobStatus.FAILED: TaskResultStatus.FAILED,
+    JobStatus.CANCELLED: TaskResultStatus.FAILED,
+}
 
-    task: str  #: the Task's module path, as ``import_string`` finds it
+
+class _Call(msgspec.Struct, kw_only=True):
+    """A task job's fields: the call's arguments, and the TASKS alias that sent it."""
+
     args: list[Any]
     kwargs: dict[str, Any]
-    backend: str  #: the TASKS alias it was enqueued with
+    backend: str
 
 
-class AsyncTaskCall(TaskCall, type="layerq.atask"):
-    """The job of an ``async def`` task function (run in the worker's loop)."""
+class _Outcome(msgspec.Struct, kw_only=True):
+    """A succeeded task job's result: its return value, and the call (whose message
+    the layer no longer holds)."""
+
+    return_value: Any
+    args: list[Any]
+    kwargs: dict[str, Any]
 
 
 class LayerqBackend(BaseTaskBackend):
@@ -84,12 +116,11 @@ class LayerqBackend(BaseTaskBackend):
 
     OPTIONS: ``channel_prefix`` (``"tasks."``), ``layer`` (a CHANNEL_LAYERS
     alias), ``max_attempts`` and ``timeout`` (the LAYERQ defaults when unset).
-    Results stay in layerq's job records: ``layerq.Job(result.id)`` reads them.
     """
 
     supports_defer = True
     supports_async_task = True
-    supports_get_result = False
+    supports_get_result = True
     supports_priority = False
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
@@ -124,42 +155,131 @@ class LayerqBackend(BaseTaskBackend):
         super().validate_task(task)
         self._channel_or_error(task.queue_name, InvalidTask, task.module_path)
 
+    # --- enqueue --------------------------------------------------------------------
+
     def enqueue(self, task: Task[Any, Any], args: Any, kwargs: Any) -> TaskResult[Any]:
-        self.validate_task(task)
-        call, channel, options = self._call(task, args, kwargs)
-        return self._enqueued(task, call, send(channel, call, **options))
+        channel, event, options = self._send(task, args, kwargs)
+        return self._enqueued(task, event, send(channel, event, **options))
 
     async def aenqueue(self, task: Task[Any, Any], args: Any, kwargs: Any) -> TaskResult[Any]:
-        self.validate_task(task)
-        call, channel, options = self._call(task, args, kwargs)
-        return self._enqueued(task, call, await asend(channel, call, **options))
+        channel, event, options = self._send(task, args, kwargs)
+        return self._enqueued(task, event, await asend(channel, event, **options))
 
-    def _call(
+    def _send(
         self, task: Task[Any, Any], args: Any, kwargs: Any
-    ) -> tuple[TaskCall, str, dict[str, Any]]:
-        """The job of a call of ``task``, its channel and the send's options."""
-        kind = AsyncTaskCall if iscoroutinefunction(task.func) else TaskCall
-        call = kind(
-            task=task.module_path,
-            args=normalize_json(list(args)),
-            kwargs=normalize_json(dict(kwargs)),
-            backend=self.alias,
-        )
-        options: dict[str, Any] = {
+    ) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """The channel, event and options of the send of a call of ``task``."""
+        self.validate_task(task)
+        event = {
+            "type": TYPE_PREFIX + task.module_path,
+            "args": normalize_json(list(args)),
+            "kwargs": normalize_json(dict(kwargs)),
+            "backend": self.alias,
+        }
+        options = {
             "delay": _seconds_until(task.run_after),
             "max_attempts": self.max_attempts,
             "timeout": self.timeout,
             "layer": self.layer,
         }
-        return call, self.channel(task.queue_name), options
+        return self.channel(task.queue_name), event, options
 
-    def _enqueued(self, task: Task[Any, Any], call: TaskCall, job: Job) -> TaskResult[Any]:
-        result = _task_result(
-            task, job.id, self.alias, call.args, call.kwargs, TaskResultStatus.READY
-        )
-        object.__setattr__(result, "enqueued_at", timezone.now())
+    def _enqueued(self, task: Task[Any, Any], event: dict[str, Any], job: Job) -> TaskResult[Any]:
+        result = _task_result(task, job.id, self.alias, event["args"], event["kwargs"])
+        _set(result, enqueued_at=timezone.now())
         task_enqueued.send(type(self), task_result=result)
         return result
+
+    # --- results --------------------------------------------------------------------
+
+    def get_result(self, result_id: str) -> TaskResult[Any]:
+        """The TaskResult of task job ``result_id``; TaskResultDoesNotExist when there
+        is no such job (or its record expired), or it is not a task's."""
+        layer = require_queue_layer(self.layer, "task results")
+        for _ in range(2):
+            record = _task_record(result_id, layer.get_record_sync(result_id))
+            if record.status in _NOT_HELD:
+                return self._from_record(record, None)
+            held = layer.get_message_sync(result_id)
+            if held is not None:
+                break  # else it ended between the two reads: read its record again
+        return self._from_record(record, held)
+
+    async def aget_result(self, result_id: str) -> TaskResult[Any]:
+        """:meth:`get_result` from async code."""
+        layer = require_queue_layer(self.layer, "task results")
+        for _ in range(2):
+            record = _task_record(result_id, await layer.get_record(result_id))
+            if record.status in _NOT_HELD:
+                return self._from_record(record, None)
+            held = await layer.get_message(result_id)
+            if held is not None:
+                break
+        return self._from_record(record, held)
+
+    def _from_record(self, record: JobRecord, held: dict[str, Any] | None) -> TaskResult[Any]:
+        """A TaskResult from a task job's record and its message (None when the layer
+        holds none: it succeeded or was cancelled)."""
+        task = _load(record.type.removeprefix(TYPE_PREFIX))
+        outcome = None
+        if record.status is JobStatus.SUCCEEDED:
+            outcome = msgspec.convert(record.result, _Outcome)
+            args, kwargs, backend = outcome.args, outcome.kwargs, self.alias
+        elif held is not None:
+            call = msgspec.convert(held, _Call)
+            args, kwargs, backend = call.args, call.kwargs, call.backend
+        else:  # cancelled: its message, with the arguments, is gone
+            args, kwargs, backend = [], {}, self.alias
+        result = _task_result(
+            task,
+            record.id,
+            backend,
+            args,
+            kwargs,
+            _STATUSES[record.status],
+            worker_ids=[record.channel] * record.attempt,
+        )
+        _set(
+            result,
+            enqueued_at=_datetime(record.enqueued_at),
+            started_at=_datetime(record.started_at),
+            last_attempted_at=_datetime(record.started_at),
+            finished_at=_datetime(record.finished_at),
+        )
+        error = _error(record)
+        if error is not None:
+            result.errors.append(error)
+        if outcome is not None:
+            _set(result, _return_value=outcome.return_value)
+        return result
+
+
+def _task_record(result_id: str, record: JobRecord | None) -> JobRecord:
+    if record is None:
+        raise TaskResultDoesNotExist(f"no task result {result_id} (or its record expired)")
+    if not record.type.startswith(TYPE_PREFIX):
+        raise TaskResultDoesNotExist(f"job {result_id} is a {record.type!r} job, not a task's")
+    return record
+
+
+def _error(record: JobRecord) -> TaskError | None:
+    """The TaskError of a job that failed, is to be retried, or was cancelled."""
+    if record.status is JobStatus.CANCELLED:
+        path = f"{JobCancelled.__module__}.{JobCancelled.__qualname__}"
+        return TaskError(exception_class_path=path, traceback=record.error_message or "")
+    if record.error_type is None:
+        return None
+    path = _exception_path(record.error_type)
+    return TaskError(exception_class_path=path, traceback=record.error_message or "")
+
+
+def _exception_path(name: str) -> str:
+    """The path TaskError.exception_class imports: layerq records an error's class
+    name; a builtin one is found in ``builtins``, others keep the bare name."""
+    found = getattr(builtins, name, None)
+    if isinstance(found, type) and issubclass(found, BaseException):
+        return f"builtins.{name}"
+    return name
 
 
 def _seconds_until(when: datetime | None) -> float | None:
@@ -168,13 +288,23 @@ def _seconds_until(when: datetime | None) -> float | None:
     return max(0.0, (when - timezone.now()) / timedelta(seconds=1))
 
 
+def _datetime(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+def _set(result: TaskResult[Any], **fields: Any) -> None:
+    """Set fields of a (frozen) TaskResult, as Django's own backends do."""
+    for name, value in fields.items():
+        object.__setattr__(result, name, value)
+
+
 def _task_result(
     task: Task[Any, Any],
     job_id: str,
     backend: str,
     args: list[Any],
     kwargs: dict[str, Any],
-    status: TaskResultStatus,
+    status: TaskResultStatus = TaskResultStatus.READY,
     worker_ids: list[str] | None = None,
 ) -> TaskResult[Any]:
     return TaskResult(
@@ -194,7 +324,7 @@ def _task_result(
 
 
 def _load(path: str) -> Task[Any, Any]:
-    """The Task at ``path``; ImportError when there is none (as when the path is missing)."""
+    """The Task at ``path``; ImportError when there is none."""
     found = import_string(path)
     if not isinstance(found, Task):
         raise ImportError(f"{path} is not a task (a function decorated with @task)")
@@ -202,31 +332,52 @@ def _load(path: str) -> Task[Any, Any]:
 
 
 class TaskWorker(AsyncWorkerConsumer):
-    """Runs the task calls sent to its channel: route ``"tasks.<queue>"`` to it."""
+    """Runs the task jobs sent to its channel: route ``"tasks.<queue>"`` to it.
 
-    def layerq_task(self, call: TaskCall) -> Any:
+    A job whose task this worker cannot import is dead-lettered at once, as a
+    job of an unknown type is (``manage.py deadletters`` requeues it once the
+    worker has the code).
+    """
+
+    def layerq_handler(self, message: Mapping[str, Any]) -> tuple[Callable[[Any], Any], Any]:
+        event_type = message.get("type")
+        if not isinstance(event_type, str) or not event_type.startswith(TYPE_PREFIX):
+            raise UnknownEventType(f"TaskWorker runs task jobs only, not {event_type!r}")
+        try:
+            task = _load(event_type.removeprefix(TYPE_PREFIX))
+        except ImportError as exc:
+            raise UnknownEventType(f"no task for {event_type!r}: {exc}") from exc
+        try:
+            call = msgspec.convert(dict(message), _Call)
+        except msgspec.ValidationError as exc:
+            raise InvalidEvent(f"{event_type}: {exc}") from exc
+        handler = self._run_async if iscoroutinefunction(task.func) else self._run_sync
+        return handler, (task, call)
+
+    def _run_sync(self, job: tuple[Task[Any, Any], _Call]) -> dict[str, Any]:
         """A plain task function, in the worker's thread pool."""
-        task, result = self._started(call)
+        task, call = job
+        result = self._started(task, call)
         try:
             value = task.func(*_arguments(task, result, call), **call.kwargs)
         except BaseException:
             _finished(result, TaskResultStatus.FAILED)
             raise
-        return _succeeded(result, value)
+        return _succeeded(result, call, value)
 
-    async def layerq_atask(self, call: AsyncTaskCall) -> Any:
+    async def _run_async(self, job: tuple[Task[Any, Any], _Call]) -> dict[str, Any]:
         """An ``async def`` task function, in the worker's event loop."""
-        task, result = self._started(call)
+        task, call = job
+        result = self._started(task, call)
         try:
             value = await task.func(*_arguments(task, result, call), **call.kwargs)
         except BaseException:
             _finished(result, TaskResultStatus.FAILED)
             raise
-        return _succeeded(result, value)
+        return _succeeded(result, call, value)
 
-    def _started(self, call: TaskCall) -> tuple[Task[Any, Any], TaskResult[Any]]:
-        task = _load(call.task)
-        job: JobContext = self.job
+    def _started(self, task: Task[Any, Any], call: _Call) -> TaskResult[Any]:
+        job = self.job
         result = _task_result(
             task,
             job.id or "",
@@ -237,28 +388,30 @@ class TaskWorker(AsyncWorkerConsumer):
             worker_ids=[f"{socket.gethostname()}:{os.getpid()}"] * job.attempt,
         )
         now = timezone.now()
-        object.__setattr__(result, "started_at", now)
-        object.__setattr__(result, "last_attempted_at", now)
+        _set(result, started_at=now, last_attempted_at=now)
         task_started.send(LayerqBackend, task_result=result)
-        return task, result
+        return result
 
 
-def _arguments(task: Task[Any, Any], result: TaskResult[Any], call: TaskCall) -> list[Any]:
+def _arguments(task: Task[Any, Any], result: TaskResult[Any], call: _Call) -> list[Any]:
     return [TaskContext(task_result=result), *call.args] if task.takes_context else call.args
 
 
 def _finished(result: TaskResult[Any], status: TaskResultStatus) -> None:
-    object.__setattr__(result, "status", status)
-    object.__setattr__(result, "finished_at", timezone.now())
+    _set(result, status=status, finished_at=timezone.now())
     task_finished.send(LayerqBackend, task_result=result)
 
 
-def _succeeded(result: TaskResult[Any], value: Any) -> Any:
+def _succeeded(result: TaskResult[Any], call: _Call, value: Any) -> dict[str, Any]:
+    """The job's result: the return value (JSON-able, as Django requires) with the call."""
     try:
         value = normalize_json(value)
     except TypeError:
         _finished(result, TaskResultStatus.FAILED)
         raise
-    object.__setattr__(result, "_return_value", value)
+    _set(result, _return_value=value)
     _finished(result, TaskResultStatus.SUCCESSFUL)
-    return value
+    outcome: dict[str, Any] = msgspec.to_builtins(
+        _Outcome(return_value=value, args=call.args, kwargs=call.kwargs)
+    )
+    return outcome

@@ -61,22 +61,26 @@ def main(tmp: Path) -> None:
     # What `python manage.py runworker tasks.default tasks.slow --burst` runs: every
     # job that is ready (and the retries of those that fail), then it exits.
     call_command("runworker", "tasks.default", "tasks.slow", "--burst")
-    deferred = layerq.Job(results[-1].id)
-    print(f"before its run_after, the deferred task is {deferred.status()}")
-    assert deferred.status() is layerq.JobStatus.QUEUED
+    deferred = word_count.get_result(results[-1].id)
+    print(f"before its run_after, the deferred task is {deferred.status}")
+    assert deferred.status == "READY"
     time.sleep(max(0.0, (due - timezone.now()).total_seconds()))
     call_command("runworker", "tasks.default", "--burst")
 
     for result in results:
-        job = layerq.Job(result.id)  # the task's layerq job: same id
-        value, attempts = job.result(timeout=10), job.record().attempt
-        print(f"{result.task.name}: {job.status()} after {attempts} attempt(s): {value!r}")
-    assert [layerq.Job(r.id).result() for r in results] == [
+        result.refresh()  # what the backend's get_result(result.id) reads now
+        print(
+            f"{result.task.name}: {result.status} after {result.attempts} attempt(s):"
+            f" {result.return_value!r}"
+        )
+    assert [r.return_value for r in results] == [
         4,
         "Title of https://example.com",
         "done on attempt 3",
         1,
     ]
+    # The same job through layerq's own API: its result holds the call and its value.
+    print(f"layerq.Job({results[0].id[:8]}...).result() = {layerq.Job(results[0].id).result()}")
 
 
 if __name__ == "__main__":

@@ -227,6 +227,15 @@ class QueueLayer(BaseChannelLayer, abc.ABC):  # type: ignore[misc]
     def get_record_sync(self, job_id: str) -> JobRecord | None:
         """:meth:`get_record` for sync code."""
 
+    @abc.abstractmethod
+    async def get_message(self, job_id: str) -> dict[str, Any] | None:
+        """The job's message while the layer holds it: waiting, delayed, leased or
+        dead-lettered; None once it succeeded or was cancelled (or is unknown)."""
+
+    @abc.abstractmethod
+    def get_message_sync(self, job_id: str) -> dict[str, Any] | None:
+        """:meth:`get_message` for sync code."""
+
     async def wait_record(self, job_id: str, timeout: float | None) -> JobRecord | None:
         """The record once it is terminal, or as it is when ``timeout`` passes.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from .. import clock
 from ..conf import get_settings
@@ -60,6 +61,26 @@ class RedisRecords(RedisBase):
         with transport_errors("get_record"):
             replies = self._sync(self._host(channel)).call(waits.read_record_calls(where))
         return waits.decode_read(where, *replies)
+
+    async def get_message(self, job_id: str) -> dict[str, Any] | None:
+        """The job's message while it waits, runs or is dead-lettered, or None."""
+        channel = await self._locate(job_id)
+        if channel is None:
+            return None
+        with transport_errors("get_message"):
+            stored = await self._pipe(self._host(channel)).call(
+                self._message_calls(channel, job_id)
+            )
+        return _first_message(stored)
+
+    def get_message_sync(self, job_id: str) -> dict[str, Any] | None:
+        """:meth:`get_message` from sync code."""
+        channel = self._locate_sync(job_id)
+        if channel is None:
+            return None
+        with transport_errors("get_message"):
+            stored = self._sync(self._host(channel)).call(self._message_calls(channel, job_id))
+        return _first_message(stored)
 
     async def wait_record(self, job_id: str, timeout: float | None) -> JobRecord | None:
         """The record once the job ended (woken by its end, no polling), or at ``timeout``."""
@@ -203,6 +224,11 @@ class RedisRecords(RedisBase):
         """Read the stored message of ``job_id``: its record's fixed fields, for a cancel."""
         return ("HGET", keys.messages_key(self.prefix, channel), job_id)
 
+    def _message_calls(self, channel: str, job_id: str) -> list[Call]:
+        """Read the stored message of ``job_id``, and its dead letter's."""
+        dead = f"{keys.channel_base(self.prefix, channel)}:dead"
+        return [self._payload_call(channel, job_id), ("HGET", dead, job_id)]
+
     def _cancel_calls(self, channel: str, job_id: str, payload: bytes) -> tuple[Call, Call]:
         """The cancel script for the job stored as ``payload``, and the locator's
         expiry to run once it cancelled."""
@@ -214,3 +240,10 @@ class RedisRecords(RedisBase):
             ("EVALSHA", self._scripts["cancel"], [base], args),
             ("PEXPIRE", keys.locator_key(self.prefix, job_id), ttl),
         )
+
+
+def _first_message(payloads: list[bytes | None]) -> dict[str, Any] | None:
+    for payload in payloads:
+        if payload is not None:
+            return codec.decode_message(payload)
+    return None

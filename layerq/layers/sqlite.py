@@ -375,6 +375,14 @@ class SQLiteChannelLayer(QueueLayer):
         """:meth:`get_record` for sync code."""
         return self.db.read(ops.get_record, job_id)
 
+    async def get_message(self, job_id: str) -> dict[str, Any] | None:
+        """The job's message while it waits, runs or is dead-lettered, or None."""
+        return await self._run(functools.partial(self.get_message_sync, job_id))
+
+    def get_message_sync(self, job_id: str) -> dict[str, Any] | None:
+        """:meth:`get_message` for sync code."""
+        return self.db.read(ops.get_message, job_id)
+
     async def cancel(self, job_id: str) -> bool:
         """Remove a job no worker holds; record cancelled."""
         return await self._run(functools.partial(self.cancel_sync, job_id))

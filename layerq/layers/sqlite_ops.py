@@ -339,6 +339,17 @@ def get_record(db: sqlite3.Connection, job_id: str) -> JobRecord | None:
     return None if row is None else record_from_row(row)
 
 
+def get_message(db: sqlite3.Connection, job_id: str) -> dict[str, Any] | None:
+    """The stored message of ``job_id``: waiting, delayed or leased, else dead-lettered."""
+    row = (
+        db.execute("SELECT body FROM messages WHERE job_id = ? LIMIT 1", (job_id,)).fetchone()
+        or db.execute(
+            "SELECT body FROM dead_letters WHERE job_id = ? ORDER BY id DESC LIMIT 1", (job_id,)
+        ).fetchone()
+    )
+    return None if row is None else decode(row[0])
+
+
 def cancel(db: sqlite3.Connection, job_id: str, ttl: float) -> bool:
     """Remove a job no live lease holds; record cancelled."""
     now = clock.now()

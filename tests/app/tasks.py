@@ -31,8 +31,8 @@ def fail_before(context: Any, attempt: int) -> int:
 
 
 @task
-def explode() -> None:
-    raise KeyError("boom")
+def explode(reason: str) -> None:
+    raise KeyError(reason)
 
 
 @task

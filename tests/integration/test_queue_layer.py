@@ -197,6 +197,36 @@ async def test_dead_letter_keeps_the_message_with_its_reason(layer: Any) -> None
     assert again.message["n"] == 7
 
 
+async def test_get_message_reads_a_job_while_the_layer_holds_it(layer: Any) -> None:
+    """get_message() gives the job's message while it waits (delayed too), is leased,
+    retried or dead-lettered; None once it succeeded or was cancelled, or for an
+    unknown id; get_message_sync() agrees."""
+
+    async def n_of(job_id: str) -> int | None:
+        message = await layer.get_message(job_id)
+        assert message == await asyncio.to_thread(layer.get_message_sync, job_id)
+        return None if message is None else int(message["n"])
+
+    delayed = await enqueue(layer, delay=10, n=1)
+    cancelled = await enqueue(layer, delay=10, n=2)
+    job_id = await enqueue(layer, n=3)
+    assert (await n_of(delayed), await n_of(cancelled), await n_of(job_id)) == (1, 2, 3)
+    assert await layer.cancel(cancelled)
+    assert await n_of(cancelled) is None
+    [delivery] = await layer.claim(["q"], 1, 30, 1)
+    assert await n_of(job_id) == 3  # leased
+    assert await layer.retry(delivery, 0, "KeyError", "k")
+    assert await n_of(job_id) == 3  # waiting for its next attempt
+    [delivery] = await layer.claim(["q"], 1, 30, 1)
+    assert await layer.dead_letter(delivery, "failed", "KeyError", "k", 60)
+    assert await n_of(job_id) == 3  # dead-lettered
+    assert await layer.requeue_dead("q") == 1
+    [delivery] = await layer.claim(["q"], 1, 30, 1)
+    assert await layer.ack(delivery, "done", 60)
+    assert await n_of(job_id) is None
+    assert await n_of(new_job_id()) is None
+
+
 async def test_delayed_message_is_not_claimed_before_its_time(layer: Any) -> None:
     """A message enqueued with a delay waits that long."""
     await enqueue(layer, delay=0.4)
