@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import AppConfig, apps
+from django.conf import settings
 from django.core import checks
 
 
@@ -15,6 +16,7 @@ class LayerqConfig(AppConfig):
 
     def ready(self) -> None:
         checks.register(check_app_order)
+        checks.register(check_task_routes)
 
 
 def check_app_order(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -30,3 +32,18 @@ def check_app_order(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
             )
         ]
     return []
+
+
+def check_task_routes(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Each queue of a layerq backend in TASKS has its worker channel routed to a
+    TaskWorker (else its tasks would wait for a worker that cannot run them)."""
+    ours = {
+        alias: params
+        for alias, params in getattr(settings, "TASKS", {}).items()
+        if str(params.get("BACKEND", "")).startswith("layerq.")
+    }
+    if not ours:
+        return []
+    from .tasks import route_problems  # imports django.tasks: only for its users
+
+    return [problem for alias, params in ours.items() for problem in route_problems(alias, params)]

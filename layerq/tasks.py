@@ -26,15 +26,18 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from asgiref.sync import iscoroutinefunction
+from django.conf import settings
+from django.core import checks
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from .consumers import AsyncWorkerConsumer, UnknownEventType
-from .errors import InvalidEvent, JobCancelled
+from .errors import ConfigurationError, InvalidEvent, JobCancelled
 from .jobs import Job, JobRecord, JobStatus
 from .layers import require_queue_layer
 from .layers.base import require_valid_channel_name
 from .producer import asend, send
+from .routing import resolve
 
 if TYPE_CHECKING:
     from django_tasks import TaskContext, TaskResult, TaskResultStatus
@@ -415,3 +418,33 @@ def _succeeded(result: TaskResult[Any], call: _Call, value: Any) -> dict[str, An
         _Outcome(return_value=value, args=call.args, kwargs=call.kwargs)
     )
     return outcome
+
+
+def route_problems(alias: str, params: dict[str, Any]) -> list[checks.CheckMessage]:
+    """System check messages for TASKS[alias]: a backend that cannot be built, and
+    queues whose worker channel the ASGI routing does not give to a TaskWorker."""
+    try:
+        backend = import_string(params["BACKEND"])(alias, params)
+    except (ImportError, InvalidTaskBackend) as exc:
+        return [checks.Error(f"TASKS[{alias!r}]: {exc}", id="layerq.E002")]
+    path = getattr(settings, "ASGI_APPLICATION", None)
+    if not isinstance(backend, LayerqBackend) or not path:
+        return []  # no routing to check (runworker would say the same)
+    application = import_string(path)
+    problems: list[checks.CheckMessage] = []
+    for queue in sorted(backend.queues):
+        channel = backend.channel(queue)
+        hint = f'Route "{channel}": layerq.tasks.TaskWorker.as_asgi() in the ChannelNameRouter.'
+        try:
+            route = resolve(application, [channel])[channel]
+        except ConfigurationError as exc:
+            message = f"TASKS[{alias!r}] queue {queue!r}: {exc}; its tasks would never run"
+            problems.append(checks.Warning(message, hint=hint, id="layerq.W001"))
+            continue
+        if not issubclass(route.consumer_class, TaskWorker):
+            message = (
+                f"TASKS[{alias!r}] queue {queue!r}: channel {channel!r} is routed to"
+                f" {route.consumer_class.__name__}, which is not a TaskWorker"
+            )
+            problems.append(checks.Warning(message, hint=hint, id="layerq.W002"))
+    return problems

@@ -13,6 +13,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 import layerq
+from layerq.apps import check_task_routes
 from layerq.jobs import JobStatus
 from layerq.tasks import (
     InvalidTask,
@@ -221,3 +222,35 @@ def test_bad_backend_settings_are_refused(params: dict[str, Any], match: str) ->
     """Unknown OPTIONS and queues that make no valid channel name are configuration errors."""
     with pytest.raises(InvalidTaskBackend, match=match):
         LayerqBackend("default", {**TASKS, **params})
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({}, []),
+        ({"QUEUES": ["default", "missing"]}, [("layerq.W001", "queue 'missing'")]),
+        (
+            {"QUEUES": ["math"], "OPTIONS": {"channel_prefix": ""}},
+            [("layerq.W002", "routed to MathWorker, which is not a TaskWorker")],
+        ),
+        ({"OPTIONS": {"lease": 5}}, [("layerq.E002", "unknown OPTIONS")]),
+    ],
+)
+def test_the_system_check_finds_queues_no_task_worker_serves(
+    params: dict[str, Any], expected: list[tuple[str, str]]
+) -> None:
+    """The check warns of a queue whose worker channel is not routed to a TaskWorker,
+    and reports a backend its settings cannot build."""
+    with override_settings(TASKS={"default": {**TASKS, **params}}):
+        found = check_task_routes()
+    assert [message.id for message in found] == [code for code, _ in expected]
+    for message, (_, text) in zip(found, expected, strict=True):
+        assert text in message.msg
+
+
+def test_manage_py_check_runs_the_task_route_check() -> None:
+    """The check is registered: Django's run_checks (manage.py check) reports it."""
+    from django.core.checks import run_checks
+
+    with override_settings(TASKS={"default": {**TASKS, "QUEUES": ["missing"]}}):
+        assert "layerq.W001" in [message.id for message in run_checks()]
