@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import structlog
 from channels.layers import get_channel_layer
 from django.test import override_settings
+from django.utils import timezone
 
 import layerq
 from tests.app.events import Add, Steps
@@ -86,3 +88,31 @@ async def test_stopping_leaves_unstarted_messages_on_the_channel(inmemory: Any) 
     assert worker.processed == 1
     left = [await asyncio.wait_for(inmemory.receive("slow"), 1) for _ in range(2)]
     assert [message["marker"] for message in left] == ["b1", "b2"]
+
+
+async def test_django_tasks_run_in_basic_mode_without_results(inmemory: Any) -> None:
+    """A @task sent on InMemory runs (with no record, its outcome shows only in the
+    task_finished signal); get_result() and run_after raise Unsupported."""
+    from layerq.tasks import task_finished
+    from tests.app import tasks
+
+    finished: list[Any] = []
+
+    def receiver(sender: Any, task_result: Any, **kwargs: Any) -> None:
+        finished.append((task_result.id, str(task_result.status), task_result.return_value))
+
+    task_finished.connect(receiver, weak=False)
+    try:
+        result = await tasks.add.aenqueue(1, 2)
+        async with running_worker(["tasks.default"]):
+            for _ in range(100):
+                if finished:
+                    break
+                await asyncio.sleep(0.02)
+    finally:
+        task_finished.disconnect(receiver)
+    assert finished == [(result.id, "SUCCESSFUL", 3)]
+    with pytest.raises(layerq.Unsupported, match="task results"):
+        await tasks.add.aget_result(result.id)
+    with pytest.raises(layerq.Unsupported, match="delay"):
+        await tasks.add.using(run_after=timezone.now() + timedelta(seconds=1)).aenqueue(1, 2)
