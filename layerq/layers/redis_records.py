@@ -221,7 +221,8 @@ class RedisRecords(RedisBase):
         )
 
     def _payload_call(self, channel: str, job_id: str) -> Call:
-        """Read the stored message of ``job_id``: its record's fixed fields, for a cancel."""
+        """Read the stored message of ``job_id`` (a cancel reads its record's fixed fields
+        there)."""
         return ("HGET", keys.messages_key(self.prefix, channel), job_id)
 
     def _message_calls(self, channel: str, job_id: str) -> list[Call]:

@@ -85,6 +85,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     job_id TEXT
 );
 CREATE INDEX IF NOT EXISTS dead_letters_channel ON dead_letters (channel, id);
+CREATE INDEX IF NOT EXISTS dead_letters_job ON dead_letters (job_id) WHERE job_id IS NOT NULL;
 """
 
 #: write attempts before TransportError; each waits up to busy_timeout for the lock
