@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 try:  # Django 6
@@ -38,3 +39,13 @@ def explode(reason: str) -> None:
 @task
 def unserialisable() -> object:
     return object()
+
+
+@task
+def nap(seconds: float, marker: str) -> str:
+    """Marks its run (see tests.app.consumers._mark), then sleeps."""
+    from .consumers import _mark
+
+    _mark(marker)
+    time.sleep(seconds)
+    return marker

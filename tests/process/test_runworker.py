@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from layerq.jobs import JobStatus
+from tests.app import tasks
 from tests.app.events import Add, Sleep
 from tests.process.conftest import runs, wait_until
 
@@ -120,6 +121,33 @@ def test_sigkill_mid_job_loses_nothing(shared_layer: Any, start_worker: Any) -> 
     assert sum(ran.values()) - 20 <= 4, "only jobs in flight at the kill may run twice"
     assert "job.reclaimed" in rescuer.output() or sum(killed_after.values()) == 0
     assert all(job.record().attempt in (1, 2) for job in jobs)
+
+
+def test_sigkill_mid_task_runs_the_django_tasks_again(shared_layer: Any, start_worker: Any) -> None:
+    """django.tasks calls in flight at a SIGKILL run again elsewhere after their lease,
+    and get_result() tells each one succeeded, after 1 or 2 attempts."""
+    results = [tasks.nap.enqueue(0.3, f"t{i}") for i in range(8)]
+    victim = start_worker("tasks.default", "--concurrency", "4")
+    wait_until(lambda: len(runs(shared_layer["runs"])) >= 2, 30, "tasks to start")
+    victim.signal(signal.SIGKILL)
+    victim.wait(10)
+    rescuer = start_worker("tasks.default", "--concurrency", "4")
+    wait_until(
+        lambda: all(tasks.nap.get_result(r.id).is_finished for r in results),
+        60,
+        "all tasks to finish",
+    )
+    rescuer.signal(signal.SIGTERM)
+    assert rescuer.wait(30) == 0, rescuer.output()
+    found = [tasks.nap.get_result(result.id) for result in results]
+    assert [(r.status, r.return_value) for r in found] == [
+        ("SUCCESSFUL", f"t{i}") for i in range(len(results))
+    ]
+    # Those running at the kill (0.3 s each, killed once two had begun) ran twice.
+    attempts = {r.attempts for r in found}
+    assert 2 in attempts
+    assert attempts <= {1, 2}
+    assert set(runs(shared_layer["runs"])) == {f"t{i}" for i in range(len(results))}
 
 
 def test_unrouted_channel_is_a_clear_error(shared_layer: Any, start_worker: Any) -> None:
